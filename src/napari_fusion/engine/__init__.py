@@ -1,0 +1,1 @@
+"""Run any registered method on any size: device choice, tiling, volumes, the fusion pipeline."""

@@ -1,0 +1,1 @@
+"""Readers and writers: images, multi-band/GeoTIFF, NIfTI, pair folders; atomic writes."""

@@ -1,0 +1,144 @@
+"""The one registry of fusion methods read by the API, the CLI and the widgets.
+
+A method is a name (what the user types everywhere), a one-line description, a builder that
+returns a ready *runner* on a device (loading the shipped weights), the weights file, the
+preprocessing it expects and the outputs it gives.
+
+Runner contract (what every builder returns):
+- ``runner.fuse(a, b) -> fused``: two 2-D float32 arrays in [0, 1] of the same shape -> 2-D float32
+  in [0, 1] of that shape. Colour handling, intensity scaling, resampling and tiling happen
+  outside, in :mod:`napari_fusion.engine`, so a runner only ever sees single-channel unit images.
+- Segmenting runners (``"labels" in method.outputs``) also have ``runner.classes`` (a tuple of
+  :class:`ClassInfo`) and ``runner.segment(fused, a, b) -> int32 labels``; runners whose one pass
+  gives both have ``runner.fuse_and_segment(a, b) -> (fused, labels)``.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "ClassInfo",
+    "Method",
+    "register",
+    "get_method",
+    "list_methods",
+    "build_runner",
+    "WEIGHTS_DIR",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+# Modules that register methods when imported, in the order they are listed to users.
+_PROVIDERS = (
+    "napari_fusion.methods.classical",
+    "napari_fusion.methods.tdfusion",
+    "napari_fusion.methods.gifnet",
+    "napari_fusion.methods.multitask",
+)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One segmentation class: its label value, name and display colour (#rrggbb)."""
+
+    index: int
+    name: str
+    color: str
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered fusion method."""
+
+    name: str
+    description: str
+    family: str  # "classical", "TDFusion", "GIFNet", "MultiTaskVIF"
+    build: Callable[..., Any]  # build(device: str = "cpu", weights: str | Path | None = None) -> runner
+    weights: str | None = None  # file name inside napari_fusion/weights, or None
+    preprocessing: str = "luma-unit"  # colour -> Y (BT.601) fused, CbCr kept; intensities in [0, 1]
+    outputs: tuple[str, ...] = ("fused",)
+    halo: int = 0  # context pixels a tile needs on each side for tiled == untiled
+    learned: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def weights_path(self) -> Path | None:
+        return WEIGHTS_DIR / self.weights if self.weights else None
+
+    @property
+    def segments(self) -> bool:
+        return "labels" in self.outputs
+
+
+_METHODS: dict[str, Method] = {}
+_LOADED = False
+_LOCK = threading.RLock()
+_RUNNERS: dict[tuple, Any] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method; names are unique and lower-case."""
+    if method.name != method.name.lower() or " " in method.name:
+        raise ValueError(f"method name {method.name!r} must be lower-case without spaces")
+    with _LOCK:
+        _METHODS[method.name] = method
+    return method
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    with _LOCK:
+        if _LOADED:
+            return
+        for mod in _PROVIDERS:
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError as err:  # a family not (yet) part of this build
+                if err.name != mod:
+                    raise
+        _LOADED = True
+
+
+def list_methods(segmenting_only: bool = False) -> list[Method]:
+    """All registered methods in the order users see them."""
+    _ensure_loaded()
+    ms = list(_METHODS.values())
+    return [m for m in ms if m.segments] if segmenting_only else ms
+
+
+def get_method(name: str | Method) -> Method:
+    """Look a method up by name, with an error that lists the known names."""
+    if isinstance(name, Method):
+        return name
+    _ensure_loaded()
+    try:
+        return _METHODS[str(name).lower()]
+    except KeyError:
+        known = ", ".join(_METHODS) or "none"
+        raise KeyError(f"unknown fusion method {name!r}; known methods: {known}") from None
+
+
+def build_runner(name: str | Method, device: str = "cpu", weights: str | Path | None = None, cache: bool = True):
+    """A ready runner for a method on a device; cached so repeated calls reuse loaded weights."""
+    m = get_method(name)
+    key = (m.name, str(device), str(weights) if weights else None)
+    with _LOCK:
+        if cache and key in _RUNNERS:
+            return _RUNNERS[key]
+    runner = m.build(device=device, weights=weights)
+    if cache:
+        with _LOCK:
+            _RUNNERS[key] = runner
+    return runner
+
+
+def clear_runner_cache() -> None:
+    """Forget loaded runners (after weights on disk changed)."""
+    with _LOCK:
+        _RUNNERS.clear()

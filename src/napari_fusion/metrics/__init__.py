@@ -1,0 +1,1 @@
+"""Fusion quality metrics (EN ... SCD) and segmentation metrics (IoU, Dice)."""

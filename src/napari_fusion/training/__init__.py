@@ -1,0 +1,1 @@
+"""Training code for the learned methods (runs without Qt or napari, on CPU or GPU)."""

@@ -1,0 +1,135 @@
+"""Training data: BraTS FLAIR/T1c slices with labels, IR/visible and medical pairs as unit images.
+
+Everything is turned into float32 arrays in [0, 1] (sources) and int64 label maps, optionally packed
+into one ``.npz`` so training can run on a machine without nibabel or the shared data folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BRATS_CLASSES",
+    "shared_data_dir",
+    "load_brats_case",
+    "load_brats_split",
+    "load_pair_folder",
+    "pack_dataset",
+    "load_packed",
+    "random_crops",
+]
+
+BRATS_CLASSES = (
+    (0, "background", "#000000"),
+    (1, "necrosis", "#e6194b"),
+    (2, "oedema", "#3cb44b"),
+    (3, "non-enhancing tumour", "#4363d8"),
+    (4, "enhancing tumour", "#ffe119"),
+)
+
+
+def shared_data_dir() -> Path | None:
+    """``$NAPARI_FUSION_DATA`` or ``../shared/data`` beside the repository, if it exists."""
+    env = os.environ.get("NAPARI_FUSION_DATA")
+    cands = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    cands += [p / "shared" / "data" for p in here.parents[:6]]
+    for c in cands:
+        if c.is_dir() and (c / "README.md").exists():
+            return c
+    return None
+
+
+def _unit_in_mask(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    vals = vol[mask]
+    lo, hi = np.percentile(vals, (0.5, 99.5)) if vals.size else (0.0, 1.0)
+    out = np.clip((vol - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    out[~mask] = 0
+    return out
+
+
+def load_brats_case(case_dir: str | Path, min_brain: float = 0.08) -> dict[str, np.ndarray]:
+    """Axial slices of one BraTS case: ``a`` FLAIR, ``b`` T1c (unit), ``labels`` 0..4, ``z`` index."""
+    import nibabel as nib
+
+    case_dir = Path(case_dir)
+    load = lambda n: np.asarray(nib.load(str(case_dir / f"{n}.nii.gz")).dataobj)  # noqa: E731
+    mask = load("brainmask") > 0
+    flair = _unit_in_mask(load("flair").astype(np.float32), mask)
+    t1c = _unit_in_mask(load("t1c").astype(np.float32), mask)
+    seg = load("seg").astype(np.int64)
+    if seg.min() < 0 or seg.max() > 4:
+        raise ValueError(f"{case_dir}: labels outside 0..4 (found {seg.min()}..{seg.max()})")
+    keep = [z for z in range(mask.shape[2]) if mask[:, :, z].mean() >= min_brain]
+    # axial slice z is (x, y); transpose to (y, x) rows so images look upright
+    take = lambda v: np.ascontiguousarray(np.transpose(v[:, :, keep], (2, 1, 0))[:, ::-1])  # noqa: E731
+    return {"a": take(flair), "b": take(t1c), "labels": take(seg), "z": np.asarray(keep)}
+
+
+def load_brats_split(split: str, root: str | Path | None = None, min_brain: float = 0.08) -> dict[str, np.ndarray]:
+    """All slices of a BraTS split ('train', 'validation', 'test'), stacked, with a ``case`` index."""
+    root = Path(root) if root else (shared_data_dir() or Path("missing")) / "labeled" / "BraTS2015_deepmedic"
+    cases = sorted(p for p in (root / split).glob("*") if p.is_dir())
+    if not cases:
+        raise FileNotFoundError(f"no BraTS cases in {root / split}")
+    parts = [load_brats_case(c, min_brain) for c in cases]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("a", "b", "labels", "z")}
+    out["case"] = np.concatenate([np.full(len(p["z"]), i) for i, p in enumerate(parts)])
+    return out
+
+
+def _read_gray_unit(path: Path) -> np.ndarray:
+    from skimage import io as skio
+
+    from ..color import rgb_to_ycbcr
+
+    x = skio.imread(str(path))
+    if x.dtype != np.uint8:
+        raise ValueError(f"{path}: expected 8-bit image, got {x.dtype}")
+    x = x.astype(np.float32) / 255.0
+    if x.ndim == 3:
+        x = rgb_to_ycbcr(x[..., :3])[..., 0]
+    return x
+
+
+def load_pair_folder(folder_a: str | Path, folder_b: str | Path, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Registered pairs (same file name in both folders) as unit gray/Y images."""
+    fa, fb = Path(folder_a), Path(folder_b)
+    names = sorted(p.name for p in fa.iterdir() if (fb / p.name).exists())
+    if not names:
+        raise FileNotFoundError(f"no pairs with the same name in {fa} and {fb}")
+    names = names[:limit] if limit else names
+    return [(_read_gray_unit(fa / n), _read_gray_unit(fb / n)) for n in names]
+
+
+def random_crops(pairs, size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random (2, size, size) crops from a list of (a, b) pairs (padded by reflection if small)."""
+    out = np.empty((n, 2, size, size), np.float32)
+    for i in range(n):
+        a, b = pairs[rng.integers(len(pairs))]
+        if min(a.shape) < size:
+            pad = [(0, max(0, size - a.shape[0])), (0, max(0, size - a.shape[1]))]
+            a, b = np.pad(a, pad, mode="reflect"), np.pad(b, pad, mode="reflect")
+        y = rng.integers(a.shape[0] - size + 1)
+        x = rng.integers(a.shape[1] - size + 1)
+        out[i, 0], out[i, 1] = a[y : y + size, x : x + size], b[y : y + size, x : x + size]
+    return out
+
+
+def pack_dataset(out: str | Path, **arrays: np.ndarray) -> Path:
+    """Write arrays into one compressed ``.npz`` (atomically) for training elsewhere."""
+    from ..io.atomic import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return out
+
+
+def load_packed(path: str | Path) -> dict[str, np.ndarray]:
+    """Arrays of a packed ``.npz`` (no pickled objects allowed)."""
+    with np.load(str(path), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

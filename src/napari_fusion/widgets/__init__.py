@@ -1,0 +1,1 @@
+"""napari widgets: thin Qt/magicgui views over the core API (the only package that imports Qt)."""
