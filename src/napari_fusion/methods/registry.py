@@ -28,6 +28,9 @@ __all__ = [
     "list_methods",
     "build_runner",
     "WEIGHTS_DIR",
+    "register_family",
+    "runner_from_file",
+    "default_method",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -78,6 +81,7 @@ _METHODS: dict[str, Method] = {}
 _LOADED = False
 _LOCK = threading.RLock()
 _RUNNERS: dict[tuple, Any] = {}
+_FAMILIES: dict[str, Callable[..., Any]] = {}
 
 
 def register(method: Method) -> Method:
@@ -142,3 +146,34 @@ def clear_runner_cache() -> None:
     """Forget loaded runners (after weights on disk changed)."""
     with _LOCK:
         _RUNNERS.clear()
+
+
+def register_family(family: str, from_bundle: Callable[..., Any]) -> None:
+    """Say how a model family is rebuilt from a model file: ``from_bundle(tensors, meta, device)``."""
+    with _LOCK:
+        _FAMILIES[family] = from_bundle
+
+
+def runner_from_file(path: str | Path, device: str = "cpu"):
+    """Rebuild a runner from a napari-fusion model file (shipped or user-saved); runs no code from it."""
+    from .store import ModelFileError, load_bundle
+
+    _ensure_loaded()
+    tensors, meta = load_bundle(path, device="cpu")
+    family = meta.get("family")
+    if family not in _FAMILIES:
+        known = ", ".join(_FAMILIES) or "none"
+        raise ModelFileError(f"{path} holds a {family!r} model; this napari-fusion knows: {known}")
+    try:
+        return _FAMILIES[family](tensors, meta, device)
+    except (KeyError, RuntimeError) as err:  # missing / misshapen tensors
+        raise ModelFileError(f"{path} does not match the {family} architecture: {err}") from err
+
+
+def default_method() -> str:
+    """The method used when none is named: GIFNet (one model for every pair) when available."""
+    _ensure_loaded()
+    for name in ("gifnet", "tdfusion", "laplacian"):
+        if name in _METHODS:
+            return name
+    return next(iter(_METHODS))
