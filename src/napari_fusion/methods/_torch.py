@@ -130,6 +130,8 @@ class TorchRunner:
 
     pad_multiple: int = 1
     family: str = "torch"
+    #: run convolutions in channels-last layout (about 2x faster for depthwise convs on CPU)
+    channels_last: bool = False
 
     def __init__(self, modules: dict[str, nn.Module] | nn.Module, device: str | torch.device = "cpu", pad_multiple: int | None = None):
         if isinstance(modules, nn.Module):
@@ -140,6 +142,8 @@ class TorchRunner:
         self._device = resolve_torch_device(device)
         for m in self.modules.values():
             m.to(self._device).eval()
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
 
     # --- device / size -------------------------------------------------------------------------
     @property
@@ -151,6 +155,8 @@ class TorchRunner:
         self._device = resolve_torch_device(device)
         for m in self.modules.values():
             m.to(self._device)
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
         return self
 
     @property
@@ -162,17 +168,19 @@ class TorchRunner:
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def run_padded(self, fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
+    def run_padded(self, fn: Callable[..., Any], *arrays: np.ndarray, multiple: int | None = None) -> Any:
         """Call ``fn`` on padded (1,1,H,W) tensors of ``arrays`` under inference mode; crop its outputs.
 
         ``fn`` may return one tensor or a tuple/list of tensors; each is cropped on its last two dims
         and returned as a tensor (still on the device) so callers choose what to convert.
+        ``multiple`` overrides ``pad_multiple`` for this call (e.g. a sub-network with its own factor).
         """
+        m = self.pad_multiple if multiple is None else int(multiple)
         with torch.inference_mode():
             ts = []
             hw = None
             for x in arrays:
-                t, hw = pad_to_multiple(to_tensor(x, self._device), self.pad_multiple)
+                t, hw = pad_to_multiple(to_tensor(x, self._device), m)
                 ts.append(t)
             out = fn(*ts)
             if isinstance(out, (tuple, list)):
