@@ -15,9 +15,9 @@ import numpy as np
 from ..geometry import Grid
 from . import _common
 from ._common import ImageReadError, LoadedImage, check_pixels
-from .geotiff import geotransform, grid_from_geotags, raster_type, read_geotags
+from .geotiff import GDAL_METADATA, geotransform, grid_from_geotags, raster_type, read_geotags
 
-__all__ = ["read_raster", "normalize_channels"]
+__all__ = ["read_raster", "normalize_channels", "band_names"]
 
 
 def _is_gray_rgb(rgb: np.ndarray) -> bool:
@@ -151,7 +151,29 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, bool, int | None, Grid, dict]:
         grid = Grid.identity(spatial)
     if lazy:
         meta["lazy"] = True
+    if channel_axis is not None and GDAL_METADATA in geotags:
+        names = band_names(geotags[GDAL_METADATA][2], data.shape[channel_axis])
+        if names:
+            meta["band_names"] = names
     return data, rgb, channel_axis, grid, meta
+
+
+def band_names(gdal_metadata: str | bytes, n: int) -> list[str] | None:
+    """Band descriptions (``<Item name="DESCRIPTION" sample="i" role="description">``) of GDAL metadata XML."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        text = gdal_metadata.decode() if isinstance(gdal_metadata, bytes) else str(gdal_metadata)
+        root = ET.fromstring(text.strip("\x00 "))
+    except ET.ParseError:
+        return None
+    names: dict[int, str] = {}
+    for item in root.iter("Item"):
+        if item.get("name", "").upper() == "DESCRIPTION" and item.get("sample") is not None and item.text:
+            names[int(item.get("sample"))] = item.text.strip()
+    if len(names) != n:
+        return None
+    return [names[i] for i in range(n)]
 
 
 def read_raster(path: str | os.PathLike, fmt: str, *, name: str | None = None, modality: str | None = None) -> LoadedImage:

@@ -83,7 +83,24 @@ def _write_png_jpeg(dest: Path, data: np.ndarray, rgb: bool) -> None:
             iio.imwrite(tmp, arr, extension=".png")
 
 
-def _write_tiff(dest: Path, data, rgb: bool, channel_axis: int | None, grid: Grid | None, like: LoadedImage | None) -> None:
+def _gdal_band_metadata(names: list[str]) -> str:
+    from xml.sax.saxutils import escape
+
+    items = "".join(
+        f'<Item name="DESCRIPTION" sample="{i}" role="description">{escape(str(n))}</Item>' for i, n in enumerate(names)
+    )
+    return f"<GDALMetadata>{items}</GDALMetadata>"
+
+
+def _write_tiff(
+    dest: Path,
+    data,
+    rgb: bool,
+    channel_axis: int | None,
+    grid: Grid | None,
+    like: LoadedImage | None,
+    band_names: list[str] | None = None,
+) -> None:
     import tifffile
 
     from .geotiff import geotags_from_grid
@@ -92,6 +109,14 @@ def _write_tiff(dest: Path, data, rgb: bool, channel_axis: int | None, grid: Gri
     like_tags = like.meta.get("geotiff_tags") if like is not None else None
     if grid is not None and grid.ndim == 2 and (like_tags or grid.units not in ("pixel", "mm")):
         extratags = geotags_from_grid(grid, like_tags)
+    if channel_axis is not None:
+        n = data.shape[channel_axis]
+        names = band_names or (like.meta.get("band_names") if like is not None else None)
+        if names and len(names) == n:
+            extratags = [t for t in extratags if t[0] != 42112]
+            extratags.append((42112, 2, 0, _gdal_band_metadata(list(names)), True))
+        elif band_names:
+            raise ValueError(f"{dest}: {len(band_names)} band names for {n} bands")
     arr = data
     kind = np.dtype(arr.dtype)
     if kind == np.bool_:
@@ -131,6 +156,7 @@ def write_image(
     like: LoadedImage | None = None,
     grid: Grid | None = None,
     rgb: bool | None = None,
+    band_names: list[str] | None = None,
 ) -> Path:
     """Write ``data`` atomically; the format comes from the extension.
 
@@ -138,7 +164,8 @@ def write_image(
     ``.tif``: any integer/float dtype, gray, RGB or bands-first ``(C, H, W)``; georeferenced (GeoTIFF)
     when the grid is (``like``'s GeoKeys, raster type and CRS are kept). ``.nii`` / ``.nii.gz``:
     ``(Z, Y, X)`` volumes in the reader's (S, P, L) order, with ``like``'s affine and header.
-    ``rgb`` overrides the guess of whether a trailing axis of 3/4 is colour.
+    ``rgb`` overrides the guess of whether a trailing axis of 3/4 is colour; ``band_names`` label the
+    bands of a multi-band TIFF (GDAL band descriptions, read back as ``meta["band_names"]``).
     """
     dest = Path(path)
     suf = suffix_of(dest)
@@ -152,7 +179,7 @@ def write_image(
     if suf in (".png", ".jpg", ".jpeg"):
         _write_png_jpeg(dest, data, is_rgb)
     elif suf in (".tif", ".tiff"):
-        _write_tiff(dest, data, is_rgb, cax, g, like)
+        _write_tiff(dest, data, is_rgb, cax, g, like, band_names)
     else:
         raise ValueError(f"{dest}: unknown output format {suf or '(no extension)'}; use .png, .jpg, .tif, .nii or .nii.gz")
     return dest
