@@ -1,0 +1,535 @@
+"""The one data path of napari-fusion: every entry point (widget, API, CLI, batch) walks it.
+
+::
+
+    A, B (+ Grid, rgb flags) --validate--> B onto A's grid (geometry.bring_onto)
+      --colour--> Y of colour sources (BT.601); CbCr of the colour source kept
+      --intensity--> [0, 1] (color.to_unit; one mapping per source, for the whole image/volume)
+      --runner--> untiled, tiled (large images) or slice by slice (volumes); labels if segmenting
+      --finish--> A's range and dtype (color.from_unit), CbCr put back -> FusionResult on A's grid
+
+Which source gives colour: a colour source (RGB that is not gray stored as RGB, R == G == B) gives
+its CbCr; if both are colour, A does. The result is RGB when either source is colour, in A's
+intensity range and dtype.
+
+Multi-band B (panchromatic A + multispectral B ``(C, h, w)``, pansharpening): the MS bands are
+brought onto the PAN grid; the MS intensity I (mean of the unit bands) is fused with the PAN (its
+mean and spread first matched to I, as component-substitution pansharpening does); each band is then
+multiplied by F / I (Brovey-style ratio injection), so the band ratios - the MS colours - are kept
+exactly while the detail comes from the fused intensity F; output ``(C, H, W)`` in the MS dtype and
+range on the PAN grid. We chose the ratio over additive detail injection because it keeps hue
+exactly and never makes a band negative.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from .. import color
+from ..color import Intensity
+from ..geometry import Grid, bring_onto, shape_str
+from .tiling import Progress, fuse_tiled_steps, run_aligned
+from .volumes import fuse_volume_steps
+
+__all__ = [
+    "Progress",
+    "FusionResult",
+    "PreparedPair",
+    "fuse_steps",
+    "fuse_arrays",
+    "enhance_steps",
+    "enhance_arrays",
+    "prepare_pair",
+    "finish",
+    "resolve_runner",
+    "run_steps",
+    "AUTO_TILE_PIXELS",
+    "AUTO_TILE",
+]
+
+AUTO_TILE_PIXELS = 4 * 1024 * 1024  # images larger than this (per slice) are tiled when tile=None
+AUTO_TILE = 1024
+_RATIO_EPS = 1e-3
+_MAX_BANDS = 64
+
+
+@dataclass
+class FusionResult:
+    """What a fusion gives: the fused image on A's grid, labels for segmenting methods."""
+
+    fused: np.ndarray
+    labels: np.ndarray | None
+    grid: Grid
+    method: str
+    classes: tuple | None = None
+
+
+@dataclass
+class PreparedPair:
+    """Unit single-channel images on A's grid, plus what :func:`finish` needs to give colour/range back."""
+
+    a: np.ndarray  # float32 unit, A's spatial shape: A's Y/gray (multi-band: PAN matched to I)
+    b: np.ndarray  # float32 unit, same shape: B's Y/gray on A's grid (multi-band: MS intensity I)
+    grid: Grid  # A's grid: the result's
+    intensity: Intensity  # how unit values map back (A's range; the MS range for multi-band)
+    chroma: np.ndarray | None = None  # (..., 2) CbCr in [0, 1] of the colour source, on A's grid
+    chroma_from: str | None = None  # "A" or "B"
+    bands: np.ndarray | None = None  # (C, ...) unit MS bands on A's grid (multi-band only)
+    kind: str = "image"  # "image", "volume" or "multiband"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.a.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    data: np.ndarray
+    name: str  # "A" / "B" (used in error messages)
+    rgb: bool
+    channel_axis: int | None  # 0 for bands-first multi-band data
+    spatial: tuple[int, ...]
+    undecided: bool = False  # 3-D without colour: volume or bands, decided by the partner
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    if x is None:
+        raise ValueError(f"source {name} is missing (None)")
+    if isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape") and getattr(x[0], "ndim", 0) >= 2:
+        x = x[0]  # multiscale data: full resolution level
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)  # dask/zarr/memmap-like: materialised (the in-memory path)
+    except Exception as err:  # pragma: no cover - exotic array types
+        raise ValueError(f"source {name} is not an array ({type(x).__name__}): {err}") from err
+
+
+def _check_dtype(x: np.ndarray, name: str) -> None:
+    dt = x.dtype
+    if dt == np.bool_ or dt.kind not in "uif":
+        what = {"b": "boolean", "c": "complex", "O": "object", "U": "text", "S": "bytes", "V": "structured"}.get(dt.kind, str(dt))
+        raise ValueError(f"source {name} has unsupported dtype {dt} ({what}); expected integer or float pixels")
+
+
+def _is_gray_rgb(x: np.ndarray) -> bool:
+    return bool(np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]))
+
+
+def _describe(x: Any, name: str, grid: Grid | None, rgb: bool | None, channel_axis: int | None = None) -> _Source:
+    """Validate one source and say how its axes are laid out."""
+    x = _as_array(x, name)
+    _check_dtype(x, name)
+    if x.size == 0:
+        raise ValueError(f"source {name} is empty (shape {tuple(x.shape)})")
+    if x.ndim < 2 or x.ndim > 4:
+        raise ValueError(
+            f"source {name} has {x.ndim} dimension(s) {tuple(x.shape)}; expected a 2-D image (H, W), "
+            "RGB (H, W, 3), bands (C, H, W) or a volume (Z, Y, X)"
+        )
+    color.check_finite(x, f"source {name}")
+    shape = tuple(int(s) for s in x.shape)
+    if channel_axis is not None:
+        cax = channel_axis % x.ndim
+        if cax != 0:
+            x = np.moveaxis(x, cax, 0)
+        if x.shape[0] == 1:
+            return _describe(x[0], name, grid, False)
+        return _Source(x, name, False, 0, tuple(x.shape[1:]))
+    gshape = tuple(grid.shape) if grid is not None else None
+    if rgb:
+        if x.ndim < 3 or x.shape[-1] not in (3, 4):
+            raise ValueError(f"source {name} is marked RGB but its shape {shape} has no last axis of 3 or 4 colours")
+        return _rgb_source(x, name)
+    if x.ndim == 2:
+        return _Source(x, name, False, None, shape)
+    if gshape is not None:
+        if gshape == shape:
+            return _Source(x, name, False, None, shape)  # a volume (or bands given their own 3-D grid)
+        if len(gshape) == x.ndim - 1:
+            if shape[:-1] == gshape:  # channel-last
+                return _channels_last(x, name, rgb)
+            if shape[1:] == gshape:
+                return _Source(x, name, False, 0, gshape) if shape[0] > 1 else _describe(x[0], name, grid, False)
+        raise ValueError(f"source {name} is {shape} but its grid is {shape_str(gshape)}; they do not match")
+    if x.ndim == 4:
+        if x.shape[-1] in (3, 4) and rgb is not False:
+            return _rgb_source(x, name)
+        raise ValueError(
+            f"source {name} is 4-D {shape}; expected a (Z, Y, X) volume or a (Z, Y, X, 3) colour volume "
+            "(pick one time point or channel first)"
+        )
+    # 3-D without a grid
+    last, first = shape[-1], shape[0]
+    if rgb is not False and last in (3, 4) and first > 4:
+        return _rgb_source(x, name)
+    if (last <= 2 and min(first, shape[1]) > 4) or (4 < last <= 16 and last * 4 <= min(first, shape[1])):
+        return _channels_last(x, name, rgb)  # (H, W, C): 1 squeezed; 2 or 5..16 channels refused
+    return _Source(x, name, False, None, shape, undecided=True)
+
+
+def _channels_last(x: np.ndarray, name: str, rgb: bool | None) -> _Source:
+    c = x.shape[-1]
+    if c == 1:
+        return _Source(x[..., 0], name, False, None, tuple(x.shape[:-1]))
+    if c in (3, 4) and rgb is not False:
+        return _rgb_source(x, name)
+    raise ValueError(
+        f"source {name} has {c} channels per pixel (shape {tuple(x.shape)}); supported: gray, RGB or RGBA, "
+        "or a multi-band stack given bands-first (C, H, W) as source B"
+    )
+
+
+def _rgb_source(x: np.ndarray, name: str) -> _Source:
+    x = x[..., :3]  # alpha is dropped
+    if _is_gray_rgb(x):
+        return _Source(np.ascontiguousarray(x[..., 0]), name, False, None, tuple(x.shape[:-1]))
+    return _Source(x, name, True, None, tuple(x.shape[:-1]))
+
+
+def _decide(sa: _Source, sb: _Source) -> tuple[_Source, _Source]:
+    """Resolve 3-D sources that could be volumes or band stacks from their partner's layout."""
+    if sa.undecided:
+        if len(sb.spatial) == 2 and not sb.undecided:
+            raise ValueError(
+                f"source A is 3-D {shape_str(sa.data.shape)} but source B is 2-D {shape_str(sb.spatial)}; "
+                "for pan/multispectral pass the panchromatic image as A and the bands (C, H, W) as B"
+            )
+        sa.undecided = False
+    if sb.undecided:
+        if len(sa.spatial) == 2:
+            if sb.data.shape[0] > _MAX_BANDS:
+                raise ValueError(
+                    f"source B is 3-D {shape_str(sb.data.shape)} but source A is 2-D {shape_str(sa.spatial)}; "
+                    "one is a volume and the other a single image"
+                )
+            sb = _Source(sb.data, sb.name, False, 0, tuple(sb.data.shape[1:]))
+        sb.undecided = False
+    if sa.channel_axis is not None:
+        raise ValueError(
+            f"source A is multi-band {shape_str(sa.data.shape)}; pass the panchromatic (single-band) image as A "
+            "and the multispectral bands as B"
+        )
+    if len(sa.spatial) != len(sb.spatial):
+        raise ValueError(
+            f"source A is {len(sa.spatial)}-D ({shape_str(sa.spatial)}) but source B is {len(sb.spatial)}-D "
+            f"({shape_str(sb.spatial)}); fuse two images or two volumes"
+        )
+    return sa, sb
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare / finish
+# ------------------------------------------------------------------------------------------------
+def prepare_pair(
+    a: Any,
+    b: Any,
+    *,
+    grid_a: Grid | None = None,
+    grid_b: Grid | None = None,
+    rgb_a: bool | None = None,
+    rgb_b: bool | None = None,
+    channel_axis_b: int | None = None,
+) -> PreparedPair:
+    """Validate a pair and bring it to unit single-channel images on A's grid.
+
+    ``rgb_a`` / ``rgb_b``: True if the last axis is colour, None to infer (a last axis of 3/4 on an
+    image larger than 4 pixels). ``channel_axis_b`` marks B as multi-band (pan/MS); a 3-D B paired
+    with a 2-D A is taken as bands-first ``(C, h, w)`` too. Raises ValueError naming the source for
+    empty data, unsupported dtypes or channel counts, NaN/inf, 2-D vs 3-D mismatches and sizes that
+    no grid or resolution ratio relates.
+    """
+    sa = _describe(a, "A", grid_a, rgb_a)
+    sb = _describe(b, "B", grid_b, rgb_b, channel_axis_b)
+    sa, sb = _decide(sa, sb)
+    ga = grid_a if grid_a is not None else Grid.identity(sa.spatial)
+    gb = grid_b if grid_b is not None else Grid.identity(sb.spatial)
+    for g, s in ((ga, sa), (gb, sb)):
+        if tuple(g.shape) != s.spatial:
+            raise ValueError(f"source {s.name} is {shape_str(s.spatial)} (spatial) but its grid is {shape_str(g.shape)}")
+    notes: list[str] = []
+
+    # intensities: one mapping per source, from its own samples (before resampling adds empty margins)
+    ia = color.intensity_of(sa.data, "source A")
+    ib = color.intensity_of(sb.data, "source B")
+
+    cax = -1 if sb.rgb else sb.channel_axis
+    b_on = bring_onto(sb.data, gb, ga, order=1, channel_axis=cax)
+    if b_on is not sb.data:
+        notes.append(f"B resampled from {shape_str(sb.spatial)} onto A's grid {shape_str(sa.spatial)}")
+
+    ua, _ = color.to_unit(sa.data, ia, "source A")
+    ub, _ = color.to_unit(b_on, ib, "source B")
+    chroma = chroma_from = None
+    if sa.rgb:
+        ycc = color.rgb_to_ycbcr(ua)
+        ua, chroma, chroma_from = ycc[..., 0], ycc[..., 1:], "A"
+    if sb.rgb:
+        ycc = color.rgb_to_ycbcr(ub)
+        ub = ycc[..., 0]
+        if chroma is None:
+            chroma, chroma_from = ycc[..., 1:], "B"
+    ua = np.ascontiguousarray(ua, dtype=np.float32)
+    if sb.channel_axis is not None:  # pan / multispectral
+        bands = np.ascontiguousarray(ub, dtype=np.float32)
+        inten = bands.mean(axis=0)
+        pan = _match_moments(ua, inten)
+        notes.append(f"multi-band B: {bands.shape[0]} bands; PAN fused with the MS intensity, bands scaled by F/I")
+        return PreparedPair(pan, inten, ga, ib, chroma, chroma_from, bands, "multiband", notes)
+    kind = "volume" if len(sa.spatial) == 3 else "image"
+    return PreparedPair(ua, np.ascontiguousarray(ub, dtype=np.float32), ga, ia, chroma, chroma_from, None, kind, notes)
+
+
+def _match_moments(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``x`` with the mean and standard deviation of ``ref`` (clipped to [0, 1])."""
+    sx, sr = float(x.std()), float(ref.std())
+    y = (x - float(x.mean())) * (sr / sx if sx > 1e-8 else 1.0) + float(ref.mean())
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def finish(fused_unit: np.ndarray, prepared: PreparedPair) -> np.ndarray:
+    """A fused unit image -> A's range and dtype, the colour source's CbCr put back.
+
+    For multi-band pairs each MS band is scaled by fused / MS intensity and returned ``(C, H, W)``
+    in the MS range and dtype.
+    """
+    f = np.clip(np.asarray(fused_unit, dtype=np.float32), 0.0, 1.0)
+    if f.shape != prepared.shape:
+        raise ValueError(f"fused image is {shape_str(f.shape)} but the prepared pair is {shape_str(prepared.shape)}")
+    if prepared.bands is not None:
+        gain = (f + _RATIO_EPS) / (prepared.b + _RATIO_EPS)
+        return color.from_unit(np.clip(prepared.bands * gain[None], 0.0, 1.0), prepared.intensity)
+    if prepared.chroma is not None:
+        rgb = color.ycbcr_to_rgb(np.concatenate([f[..., None], prepared.chroma], axis=-1))
+        return color.from_unit(rgb, prepared.intensity)
+    return color.from_unit(f, prepared.intensity)
+
+
+# ------------------------------------------------------------------------------------------------
+# runners
+# ------------------------------------------------------------------------------------------------
+class _FunctionRunner:
+    def __init__(self, fn: Callable, name: str):
+        self._fn = fn
+        self.name = name
+
+    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._fn(a, b)
+
+
+def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Any, str, Any]:
+    """``(runner, name, Method or None)`` for a method name, a Method, a runner or a function."""
+    from ..methods.registry import Method, build_runner, default_method, get_method
+    from .device import resolve_device
+
+    if method is None:
+        method = default_method()
+    if isinstance(method, (str, Method)):
+        m = get_method(method)
+        return build_runner(m, device=resolve_device(device)), m.name, m
+    if hasattr(method, "fuse"):
+        name = getattr(method, "name", None)
+        return method, str(name) if name else type(method).__name__, None
+    if callable(method):
+        return _FunctionRunner(method, getattr(method, "__name__", "function")), getattr(method, "__name__", "function"), None
+    raise TypeError(f"method must be a registered name, a Method, a runner or a function, not {type(method).__name__}")
+
+
+def _segments(runner: Any, m: Any) -> bool:
+    if m is not None and getattr(m, "segments", False):
+        return True
+    can = hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")
+    return bool(can and getattr(runner, "classes", None))
+
+
+def _classes(runner: Any, m: Any) -> tuple | None:
+    cls = getattr(runner, "classes", None)
+    if cls:
+        return tuple(cls)
+    if m is not None and m.extra.get("classes"):
+        return tuple(m.extra["classes"])
+    return None
+
+
+def _halo(runner: Any, m: Any) -> int:
+    h = getattr(runner, "halo", None)
+    if h is None and m is not None:
+        h = m.halo
+    return int(h) if h is not None else 32
+
+
+def _align(runner: Any) -> int:
+    pm = int(getattr(runner, "pad_multiple", 1) or 1)
+    return pm * 32 // math.gcd(pm, 32)
+
+
+def _tile_fn(runner: Any, labels: bool) -> Callable:
+    if not labels:
+        return runner.fuse
+    if hasattr(runner, "fuse_and_segment"):
+        return runner.fuse_and_segment
+
+    def both(a, b):
+        f = runner.fuse(a, b)
+        return f, runner.segment(f, a, b)
+
+    return both
+
+
+def _pick_tile(shape2d: tuple[int, int], tile: Any) -> int | tuple[int, int] | None:
+    """The tile size to use for one 2-D plane, or None for untiled."""
+    if tile is None:
+        return AUTO_TILE if shape2d[0] * shape2d[1] > AUTO_TILE_PIXELS else None
+    if tile is False or tile == 0:
+        return None
+    t = (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
+    if shape2d[0] <= t[0] and shape2d[1] <= t[1]:
+        return None
+    return t
+
+
+def run_steps(
+    runner: Any,
+    prepared: PreparedPair,
+    *,
+    labels: bool = False,
+    tile: Any = None,
+    overlap: int = 32,
+    halo: int | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
+    """Run a runner on a prepared pair (untiled, tiled or slice-wise); returns (fused unit, labels)."""
+    fn = _tile_fn(runner, labels)
+    halo = _halo(runner, None) if halo is None else int(halo)
+    align = _align(runner)
+    a, b = prepared.a, prepared.b
+    if prepared.kind == "volume":
+        t = _pick_tile(a.shape[1:], tile)
+        return (yield from fuse_volume_steps(fn, a, b, labels=labels, tile=t, overlap=overlap, halo=halo, align=align))
+    t = _pick_tile(a.shape, tile)
+    if t is None:
+        yield Progress(0, 1, "fuse")
+        res = run_aligned(fn, a, b, align)
+        fused, lab = res if labels else (res, None)
+        yield Progress(1, 1, "fuse")
+        return np.asarray(fused, dtype=np.float32), None if lab is None else np.asarray(lab, dtype=np.int32)
+    lab_out = np.zeros(a.shape, dtype=np.int32) if labels else None
+    ov = min(int(overlap), min(t) // 2)
+    fused = yield from fuse_tiled_steps(fn, a, b, t, ov, halo=halo, align=align, labels_out=lab_out)
+    return fused, lab_out
+
+
+def fuse_steps(
+    a: Any,
+    b: Any,
+    method: Any = None,
+    *,
+    grid_a: Grid | None = None,
+    grid_b: Grid | None = None,
+    rgb_a: bool | None = None,
+    rgb_b: bool | None = None,
+    device: str = "auto",
+    tile: int | Sequence[int] | None = None,
+    overlap: int = 32,
+    segment: bool = False,
+    channel_axis_b: int | None = None,
+) -> Generator[Progress, None, FusionResult]:
+    """Fuse A and B; a generator that yields :class:`Progress` between tiles/slices, returns a :class:`FusionResult`.
+
+    ``method``: a registered name (None: the default method), a ``Method``, or a runner object (e.g.
+    a fine-tuned model). ``tile``: None tiles images above ~4 Mpx, 0 never tiles, N uses N-pixel tiles.
+    ``segment=True`` asks a segmenting method for labels (segmenting methods give them anyway).
+    The caller cancels by no longer iterating. Example::
+
+        gen = fuse_steps(ir, vi, "laplacian")
+        for p in gen: print(p.done, "/", p.total)   # or: res = fuse_arrays(ir, vi, "laplacian")
+    """
+    prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b)
+    runner, name, m = resolve_runner(method, device)
+    want = bool(segment) or _segments(runner, m)
+    if want and not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")):
+        from ..methods.registry import list_methods
+
+        seg = ", ".join(x.name for x in list_methods(segmenting_only=True)) or "none"
+        raise ValueError(f"method {name!r} does not segment; segmenting methods: {seg}")
+    halo = _halo(runner, m)
+    fused_u, labels = yield from run_steps(runner, prepared, labels=want, tile=tile, overlap=overlap, halo=halo)
+    out = finish(fused_u, prepared)
+    return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None)
+
+
+def _drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(p)
+
+
+def fuse_arrays(a: Any, b: Any, method: Any = None, *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:
+    """:func:`fuse_steps` run to the end; ``progress(Progress)`` is called along the way."""
+    return _drain(fuse_steps(a, b, method, **kw), progress)
+
+
+class _EnhanceRunner:
+    """A runner whose ``fuse(x, x)`` calls the method's own single-image ``enhance`` when it has one."""
+
+    def __init__(self, runner: Any):
+        self._r = runner
+        self.name = getattr(runner, "name", None)
+        self.halo = getattr(runner, "halo", None)
+        self.pad_multiple = getattr(runner, "pad_multiple", 1)
+
+    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._r.enhance(a)
+
+
+def enhance_steps(
+    image: Any,
+    method: Any = "gifnet",
+    *,
+    grid: Grid | None = None,
+    rgb: bool | None = None,
+    device: str = "auto",
+    tile: int | Sequence[int] | None = None,
+    overlap: int = 32,
+) -> Generator[Progress, None, FusionResult]:
+    """Single-image enhancement: the image is fed as both sources (or to the method's ``enhance``)."""
+    runner, name, m = resolve_runner(method, device)
+    if hasattr(runner, "enhance"):
+        wrapped = _EnhanceRunner(runner)
+        wrapped.name = name
+        if wrapped.halo is None and m is not None:
+            wrapped.halo = m.halo
+        runner = wrapped
+    elif m is not None:
+        runner = _NamedRunner(runner, name, m.halo)
+    return (
+        yield from fuse_steps(image, image, runner, grid_a=grid, grid_b=grid, rgb_a=rgb, rgb_b=rgb, device=device, tile=tile, overlap=overlap)
+    )
+
+
+class _NamedRunner:
+    """A registry runner passed on as an object, keeping the method's name and halo."""
+
+    def __init__(self, runner: Any, name: str, halo: int):
+        self._r = runner
+        self.name = name
+        self.halo = getattr(runner, "halo", None) or halo
+        self.pad_multiple = getattr(runner, "pad_multiple", 1)
+
+    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._r.fuse(a, b)
+
+
+def enhance_arrays(image: Any, method: Any = "gifnet", *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:
+    """:func:`enhance_steps` run to the end."""
+    return _drain(enhance_steps(image, method, **kw), progress)
