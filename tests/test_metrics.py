@@ -321,3 +321,55 @@ def test_segmentation_class_names_and_errors():
         segmentation_metrics(np.full((2, 2), 0.5), truth)
     with pytest.raises(ValueError, match="prediction holds label 7, outside the classes 0..4"):
         segmentation_metrics(np.array([[0, 7], [2, 2]]), truth, n_classes=5)
+
+
+# ----------------------------------------------------------------------------- benchmark scripts
+def _benchmark_module(name: str):
+    import importlib
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+def test_markdown_table_and_csv_helpers(tmp_path):
+    common = _benchmark_module("_common")
+    table = common.markdown_table(["method", "SF"], [["a", 1.23456], ["b", float("nan")], ["c", 2.0]], digits=[0, 2], bold_max=[1])
+    assert table.splitlines() == ["| method | SF |", "|---|---:|", "| a | 1.23 |", "| b | — |", "| c | **2.00** |"]
+    path = common.write_csv(tmp_path / "x.csv", ["a", "b"], [[1, float("nan")], ["q", 0.5]])
+    assert common.read_csv(path) == [{"a": "1", "b": ""}, {"a": "q", "b": "0.5"}]
+    assert common.msrs_test_names([f"{i:05d}.png" for i in range(11)]) == ["00000.png", "00005.png", "00010.png"]
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
+def test_fusion_quality_benchmark_one_pair(tmp_path):
+    """The benchmark's table holds exactly the metrics of the fused pair it loads."""
+    fq = _benchmark_module("fusion_quality")
+    common = _benchmark_module("_common")
+    out = tmp_path / "fq"
+    assert fq.main(["--datasets", "mri_ct", "--methods", "average", "--limit", "1", "--device", "cpu", "--out", str(out)]) == 0
+    rows = common.read_csv(out.with_suffix(".csv"))
+    assert [(r["dataset"], r["method"], r["pairs"]) for r in rows] == [("mri_ct", "average", "1")]
+    pair = next(common.iter_pairs("mri_ct", 1))
+    assert pair.a.dtype == np.uint8 and pair.a.shape == pair.b.shape == (256, 256)
+    fused, _ = common.fuse_gray("average", pair.a, pair.b)
+    expected = fusion_metrics(fused, pair.a, pair.b)
+    for k in METRIC_NAMES:
+        assert float(rows[0][k]) == pytest.approx(expected[k], rel=1e-12), k
+    assert "## MRI / CT" in out.with_suffix(".md").read_text()
+    # a second run of another method merges into the same table
+    assert fq.main(["--datasets", "mri_ct", "--methods", "max", "--limit", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert [r["method"] for r in common.read_csv(out.with_suffix(".csv"))] == ["average", "max"]
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    speed = _benchmark_module("speed")
+    out = tmp_path / "speed"
+    assert speed.main(["--methods", "average", "--sizes", "32x48", "--repeats", "2", "--warmup", "1",
+                       "--device", "cpu", "--out", str(out)]) == 0
+    rows = _benchmark_module("_common").read_csv(out.with_suffix(".csv"))
+    assert [(r["method"], r["device"], r["size"], r["repeats"]) for r in rows] == [("average", "cpu", "32x48", "2")]
+    assert float(rows[0]["ms_min"]) <= float(rows[0]["ms_median"]) <= float(rows[0]["ms_max"])
+    assert rows[0]["parameters"] == ""  # a classical method has no weights
