@@ -1,0 +1,439 @@
+"""The public console API: fuse, enhance, segment, evaluate, fine-tune, load and save models.
+
+Inputs may be NumPy (or dask/zarr/memmap) arrays, napari layers (anything with ``.data`` and
+``.scale``; napari is never imported here) or file paths (read with :func:`napari_fusion.io.read_image`).
+Everything goes through :mod:`napari_fusion.engine.pipeline`, the same path the CLI and the widgets use.
+
+Example in napari's console::
+
+    from napari_fusion import fuse, segment, evaluate, methods
+    fused = fuse(viewer.layers["ir"], viewer.layers["vi"], "tdfusion", viewer=viewer)
+    print(evaluate(fused, viewer.layers["ir"], viewer.layers["vi"]))
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .engine.pipeline import (
+    FusionResult,
+    Progress,
+    _drain,
+    enhance_steps,
+    fuse_steps,
+    prepare_pair,
+    resolve_runner,
+    run_steps,
+)
+from .geometry import Grid
+
+__all__ = [
+    "fuse",
+    "enhance",
+    "segment",
+    "evaluate",
+    "finetune",
+    "load_model",
+    "save_model",
+    "methods",
+    "as_input",
+    "SourceInput",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs: arrays, layers, paths
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class SourceInput:
+    """One source as the pipeline wants it: data, grid (or None), colour flag, bands axis, a name."""
+
+    data: Any
+    grid: Grid | None
+    rgb: bool | None
+    channel_axis: int | None
+    name: str
+    like: Any = None  # the LoadedImage it came from (to write results with its geometry)
+    layer: Any = None  # the napari layer it came from
+
+
+def _is_layer(x: Any) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "data") and hasattr(x, "scale")
+
+
+def _layer_grid(layer: Any, spatial: tuple[int, ...]) -> Grid | None:
+    g = (getattr(layer, "metadata", None) or {}).get("grid")
+    if isinstance(g, Grid) and tuple(g.shape) == tuple(spatial):
+        return g
+    n = len(spatial)
+    scale = np.asarray(getattr(layer, "scale", np.ones(n)), float)[-n:]
+    translate = np.asarray(getattr(layer, "translate", np.zeros(n)), float)[-n:]
+    base = np.eye(n + 1)
+    base[:n, :n] = np.diag(scale)
+    base[:n, n] = translate
+    aff = getattr(layer, "affine", None)
+    mat = getattr(aff, "affine_matrix", aff)
+    if mat is not None:
+        mat = np.asarray(mat, float)
+        if mat.shape == (n + 1, n + 1):
+            base = mat @ base
+        elif mat.shape[0] > n + 1:  # the layer has extra leading (non-spatial) axes
+            base = mat[-(n + 1) :, -(n + 1) :] @ base
+    if np.allclose(base, np.eye(n + 1)):
+        return None
+    units = (getattr(layer, "metadata", None) or {}).get("units", "pixel")
+    return Grid(tuple(spatial), base, str(units))
+
+
+def as_input(x: Any, name: str = "A") -> SourceInput:
+    """Turn an array, a napari layer, a LoadedImage or a path into a :class:`SourceInput`."""
+    from .io import LoadedImage, read_image
+
+    if isinstance(x, SourceInput):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        x = read_image(x)
+    if isinstance(x, LoadedImage):
+        return SourceInput(x.data, x.grid, x.rgb, x.channel_axis, x.name or name, like=x)
+    if _is_layer(x):
+        data = x.data
+        if getattr(x, "multiscale", False):
+            data = data[0]
+        rgb = bool(getattr(x, "rgb", False))
+        meta = getattr(x, "metadata", None) or {}
+        cax = meta.get("channel_axis") if np.ndim(data) == 3 and not rgb else None
+        if cax is not None and isinstance(meta.get("grid"), Grid) and meta["grid"].ndim == 3:
+            cax = None  # a volume
+        if cax is not None:
+            cax = int(cax) % 3
+            spatial = tuple(s for i, s in enumerate(data.shape) if i != cax)
+        else:
+            spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
+        grid = _layer_grid(x, spatial)
+        return SourceInput(data, grid, rgb, cax, str(getattr(x, "name", name)), layer=x)
+    return SourceInput(x, None, None, None, name)
+
+
+def _grid_kw(src: SourceInput, kw: dict, key: str) -> Grid | None:
+    return kw.pop(key, None) or src.grid
+
+
+# ------------------------------------------------------------------------------------------------
+# viewer output
+# ------------------------------------------------------------------------------------------------
+def _placement(src: SourceInput, grid: Grid) -> dict:
+    """A's scale/translate/affine for the result layer."""
+    lay = src.layer
+    if lay is not None:
+        kw = {"scale": tuple(lay.scale), "translate": tuple(lay.translate)}
+        aff = getattr(lay, "affine", None)
+        mat = getattr(aff, "affine_matrix", aff)
+        if mat is not None and not np.allclose(np.asarray(mat), np.eye(np.asarray(mat).shape[0])):
+            kw["affine"] = np.asarray(mat)
+        return kw
+    if grid.is_identity:
+        return {}
+    kw = grid.layer_kwargs()
+    kw.pop("units", None)
+    return kw
+
+
+def _show(viewer: Any, data: np.ndarray, name: str, kind: str, place: dict, *, rgb: bool = False, metadata: dict | None = None) -> Any:
+    """Add a layer, or update the data of the layer already called ``name`` (keeps the user's display settings)."""
+    layers = viewer.layers
+    if name in layers:
+        layer = layers[name]
+        layer.data = data
+        for k, v in place.items():
+            try:
+                setattr(layer, k, v)
+            except Exception:  # pragma: no cover - a layer type without that property
+                pass
+        if metadata:
+            layer.metadata.update(metadata)
+        return layer
+    if kind == "labels":
+        return viewer.add_labels(data, name=name, metadata=metadata or {}, **place)
+    return viewer.add_image(data, name=name, rgb=rgb, metadata=metadata or {}, **place)
+
+
+def _layer_name(method: str, a: SourceInput, b: SourceInput) -> str:
+    return f"{method} ({a.name} + {b.name})"
+
+
+def _publish(viewer: Any, res: FusionResult, sa: SourceInput, sb: SourceInput, name: str | None) -> None:
+    base = name or _layer_name(res.method, sa, sb)
+    place = _placement(sa, res.grid)
+    meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
+    fused = res.fused
+    if fused.ndim == len(res.grid.shape) + 1 and fused.shape[-1] == 3:
+        _show(viewer, fused, base, "image", place, rgb=True, metadata=meta)
+    elif fused.ndim == len(res.grid.shape) + 1:  # multi-band (C, H, W): one layer per band
+        for i in range(fused.shape[0]):
+            _show(viewer, fused[i], f"{base} [{i}]", "image", place, metadata=meta)
+    else:
+        _show(viewer, fused, base, "image", place, metadata=meta)
+    if res.labels is not None:
+        _show(viewer, res.labels, f"{res.method} labels ({sa.name} + {sb.name})", "labels", place, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# the API
+# ------------------------------------------------------------------------------------------------
+def fuse(
+    a: Any,
+    b: Any,
+    method: Any = None,
+    *,
+    viewer: Any = None,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    name: str | None = None,
+    full: bool = False,
+    **kw: Any,
+) -> np.ndarray | FusionResult:
+    """Fuse two sources; returns the fused array on A's grid (a FusionResult with ``full=True``).
+
+    ``a``/``b``: arrays, napari layers or file paths. ``method``: a registered name (see
+    :func:`methods`; None = the default), or a runner such as a fine-tuned model. With ``viewer``
+    the result is shown as the Image layer ``"{method} ({a} + {b})"`` (updated in place when it
+    exists), placed with A's scale/translate/affine; segmenting methods add a Labels layer.
+    Other keywords go to :func:`napari_fusion.engine.pipeline.fuse_steps` (``segment``, ``overlap``,
+    ``grid_a``, ``grid_b``, ``rgb_a``, ``rgb_b``). Example::
+
+        fused = fuse("ir.png", "vi.png", "laplacian")
+        res = fuse(mri, pet, "gifnet", full=True); res.fused, res.grid
+    """
+    sa, sb = as_input(a, "A"), as_input(b, "B")
+    grid_a, grid_b = _grid_kw(sa, kw, "grid_a"), _grid_kw(sb, kw, "grid_b")
+    rgb_a = kw.pop("rgb_a", sa.rgb)
+    rgb_b = kw.pop("rgb_b", sb.rgb)
+    cax = kw.pop("channel_axis_b", sb.channel_axis)
+    res = _drain(
+        fuse_steps(sa.data, sb.data, method, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, device=device, tile=tile, channel_axis_b=cax, **kw),
+        progress,
+    )
+    if viewer is not None:
+        _publish(viewer, res, sa, sb, name)
+    return res if full else res.fused
+
+
+def enhance(
+    image: Any,
+    method: Any = "gifnet",
+    *,
+    viewer: Any = None,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    name: str | None = None,
+    full: bool = False,
+    **kw: Any,
+) -> np.ndarray | FusionResult:
+    """Single-image enhancement (the image fed as both sources, or to the method's own ``enhance``).
+
+    Example: ``better = enhance("night.png")``; with ``viewer`` adds ``"{method} ({image})"``.
+    """
+    src = as_input(image, "image")
+    grid = kw.pop("grid", None) or src.grid
+    rgb = kw.pop("rgb", src.rgb)
+    res = _drain(enhance_steps(src.data, method, grid=grid, rgb=rgb, device=device, tile=tile, **kw), progress)
+    if viewer is not None:
+        place = _placement(src, res.grid)
+        is_rgb = res.fused.ndim == len(res.grid.shape) + 1
+        _show(viewer, res.fused, name or f"{res.method} ({src.name})", "image", place, rgb=is_rgb, metadata={"grid": res.grid})
+    return res if full else res.fused
+
+
+class _SegmentOnly:
+    """Treats A as an already fused image: labels from the method's segmenter, A passed through."""
+
+    def __init__(self, runner: Any, name: str, halo: int | None):
+        self._r, self.name = runner, name
+        self.halo = getattr(runner, "halo", None) or halo
+        self.pad_multiple = getattr(runner, "pad_multiple", 1)
+        self.classes = getattr(runner, "classes", None)
+
+    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a
+
+    def fuse_and_segment(self, a: np.ndarray, b: np.ndarray):
+        return a, self._r.segment(a, a, a)
+
+
+def segment(
+    image_or_a: Any,
+    b: Any = None,
+    method: Any = "tdfusion-brats",
+    *,
+    viewer: Any = None,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    name: str | None = None,
+    **kw: Any,
+) -> np.ndarray:
+    """int32 labels from a segmenting method (``methods()`` lists which segment).
+
+    With two sources the method fuses and segments them; with one image it is taken as the fused
+    image and only segmented. With ``viewer`` a Labels layer is added (or updated). Example::
+
+        labels = segment(flair, t1c, "tdfusion-brats")
+    """
+    sa = as_input(image_or_a, "A")
+    runner, mname, m = resolve_runner(method, device)
+    if not (hasattr(runner, "segment") or hasattr(runner, "fuse_and_segment")) or not getattr(runner, "classes", True):
+        from .methods.registry import list_methods
+
+        segs = ", ".join(x.name for x in list_methods(segmenting_only=True)) or "none"
+        raise ValueError(f"method {mname!r} does not segment; segmenting methods: {segs}")
+    if b is None:
+        grid = kw.pop("grid_a", None) or sa.grid
+        prepared = prepare_pair(sa.data, sa.data, grid_a=grid, grid_b=grid, rgb_a=sa.rgb, rgb_b=sa.rgb)
+        one = _SegmentOnly(runner, mname, m.halo if m is not None else None)
+        _, labels = _drain(run_steps(one, prepared, labels=True, tile=tile, overlap=kw.pop("overlap", 32), halo=one.halo), progress)
+        sb = sa
+        grid_out = prepared.grid
+    else:
+        sb = as_input(b, "B")
+        res = _drain(
+            fuse_steps(
+                sa.data, sb.data, runner, grid_a=_grid_kw(sa, kw, "grid_a"), grid_b=_grid_kw(sb, kw, "grid_b"),
+                rgb_a=kw.pop("rgb_a", sa.rgb), rgb_b=kw.pop("rgb_b", sb.rgb), device=device, tile=tile, segment=True,
+                channel_axis_b=kw.pop("channel_axis_b", sb.channel_axis), **kw,
+            ),
+            progress,
+        )
+        labels, grid_out = res.labels, res.grid
+    if viewer is not None:
+        label_name = name or (f"{mname} labels ({sa.name})" if b is None else f"{mname} labels ({sa.name} + {sb.name})")
+        _show(viewer, labels, label_name, "labels", _placement(sa, grid_out), metadata={"grid": grid_out, "method": mname})
+    return labels
+
+
+def _unit_y(x: np.ndarray, prepared) -> np.ndarray:
+    """A result in A's range (gray, RGB or bands) -> its unit gray/Y with A's intensity mapping."""
+    from . import color
+
+    x = np.asarray(x)
+    nsp = len(prepared.shape)
+    if prepared.bands is not None and x.ndim == nsp + 1 and x.shape[0] == prepared.bands.shape[0]:
+        u, _ = color.to_unit(x, prepared.intensity)
+        return u.mean(axis=0)
+    u, _ = color.to_unit(x, prepared.intensity)
+    if u.ndim == nsp + 1 and u.shape[-1] in (3, 4):
+        u = color.rgb_to_ycbcr(u[..., :3])[..., 0]
+    if u.shape != prepared.shape:
+        raise ValueError(f"fused image is {u.shape} (spatial) but source A's grid is {prepared.shape}")
+    return u
+
+
+def evaluate(
+    fused: Any,
+    a: Any,
+    b: Any,
+    *,
+    labels: Any = None,
+    truth: Any = None,
+    n_classes: int | None = None,
+    ignore_index: int | None = None,
+    max_slices: int = 16,
+) -> dict[str, float]:
+    """Fusion metrics (EN, SD, SF, AG, MI, VIF, Qabf, SSIM, SCD) of a fused image, plus IoU/Dice if labels given.
+
+    Sources and result are compared as the methods saw them: gray/Y on A's grid, 0..255 (rounded
+    as an 8-bit file would be). Volumes: the mean over up to ``max_slices`` non-empty slices.
+    ``labels`` / ``truth``: predicted and true label maps for segmentation metrics. Example::
+
+        scores = evaluate(fused, ir, vi)   # {'EN': 6.9, 'SD': 41.2, ...}
+    """
+    from .metrics import fusion_metrics, segmentation_metrics
+
+    sa, sb, sf = as_input(a, "A"), as_input(b, "B"), as_input(fused, "fused")
+    prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
+    fy = _unit_y(sf.data, prepared)
+    a255, b255, f255 = (np.round(np.clip(v, 0, 1) * 255.0) for v in (prepared.a, prepared.b, fy))
+    if a255.ndim == 2:
+        out = fusion_metrics(f255, a255, b255)
+    else:
+        keep = [z for z in range(a255.shape[0]) if a255[z].any() or b255[z].any()]
+        if len(keep) > max_slices:
+            keep = [keep[i] for i in np.linspace(0, len(keep) - 1, max_slices).round().astype(int)]
+        if not keep:
+            raise ValueError("both volumes are empty; nothing to evaluate")
+        per = [fusion_metrics(f255[z], a255[z], b255[z]) for z in keep]
+        out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    if labels is not None and truth is not None:
+        lab = np.asarray(as_input(labels, "labels").data)
+        tru = np.asarray(as_input(truth, "truth").data)
+        out.update(segmentation_metrics(lab, tru, n_classes=n_classes, ignore_index=ignore_index))
+    return out
+
+
+def finetune(
+    model: Any,
+    a: Any,
+    b: Any,
+    sparse_labels: Any,
+    *,
+    steps: int = 60,
+    lr: float = 1e-3,
+    progress: Callable[[Any], Any] | None = None,
+    device: str = "auto",
+    class_names: Any = None,
+    **kw: Any,
+) -> Any:
+    """Fine-tune a learned method on painted labels (0 = unpainted); returns a NEW runner.
+
+    ``model``: a method name (e.g. ``"tdfusion"``) or a runner. ``a``/``b`` are brought onto one grid
+    and to unit gray/Y exactly as :func:`fuse` does; ``sparse_labels`` lies on A's grid. The tuned
+    runner fuses through :func:`fuse` like any method and is saved with :func:`save_model`. Example::
+
+        tuned = finetune("tdfusion", ir, vi, viewer.layers["Labels"].data, steps=60)
+        fused = fuse(ir, vi, tuned)
+    """
+    from .engine.device import resolve_device
+    from .training.finetune import finetune_steps
+
+    runner, _, _ = resolve_runner(model, device)
+    sa, sb = as_input(a, "A"), as_input(b, "B")
+    prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
+    if prepared.kind == "volume":
+        raise ValueError("fine-tuning takes 2-D images; pick one slice of the volumes")
+    lab = np.asarray(as_input(sparse_labels, "labels").data)
+    if lab.shape != prepared.shape:
+        raise ValueError(f"painted labels are {lab.shape} but source A is {prepared.shape}; paint on A's grid")
+    gen = finetune_steps(runner, prepared.a, prepared.b, lab, steps=steps, lr=lr, class_names=class_names, device=resolve_device(device), **kw)
+    return _drain(gen, progress)
+
+
+def load_model(path: str | os.PathLike, device: str = "auto") -> Any:
+    """A runner rebuilt from a napari-fusion model file (``.safetensors``; never runs code from it)."""
+    from .engine.device import resolve_device
+    from .methods.registry import runner_from_file
+
+    return runner_from_file(Path(path), device=resolve_device(device))
+
+
+def save_model(model: Any, path: str | os.PathLike) -> Path:
+    """Write a learned runner (or a learned method by name) to one model file, atomically."""
+    from .methods.store import save_bundle
+
+    if isinstance(model, str):
+        model, _, _ = resolve_runner(model, "cpu")
+    if not hasattr(model, "to_bundle"):
+        raise TypeError(f"{getattr(model, 'name', type(model).__name__)!r} has no learned weights to save (classical method?)")
+    tensors, meta = model.to_bundle()
+    return save_bundle(Path(path), tensors, meta)
+
+
+def methods(segmenting_only: bool = False) -> list:
+    """The registered methods (name, description, family, outputs ...), in the order users see them."""
+    from .methods.registry import list_methods
+
+    return list_methods(segmenting_only=segmenting_only)
