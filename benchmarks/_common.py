@@ -39,6 +39,7 @@ __all__ = [
     "resolve_device",
     "fuse_gray",
     "method_names",
+    "print_flush",
 ]
 
 

@@ -214,6 +214,8 @@ def test_bad_inputs_name_the_problem():
         fusion_metrics(a, a * 1000 / a.max(), a)
     with pytest.raises(ValueError, match=r"all lie in \[0, 1\]"):
         fusion_metrics(a / 255, a / 255, a / 255)
+    dark = (a > 128).astype(np.float64)  # a rounded 0..255 image that is only 0s and 1s is valid
+    assert fusion_metrics(dark, dark, dark, which="SSIM")["SSIM"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="at least 41x41"):
         vif(a[:30, :30], a[:30, :30], a[:30, :30])
     with pytest.raises(ValueError, match="is empty"):

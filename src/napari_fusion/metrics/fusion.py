@@ -101,9 +101,11 @@ def _as_triplet(fused, a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"fused is {_hw(f)}, source A is {_hw(x)} and source B is {_hw(y)}; "
             "metrics need the three images on one grid"
         )
+    # Unit-range floats (the pipeline's working range) would pass the range check and give
+    # meaningless numbers; rounded 0..255 images that happen to be dark (0/1 values) are fine.
     raw = [np.asarray(v) for v in (fused, a, b)]
     if all(np.issubdtype(r.dtype, np.floating) for r in raw) and max(float(v.max()) for v in (f, x, y)) <= 1.0 \
-            and any(float(v.max()) > 0 for v in (f, x, y)):
+            and any(np.any(v != np.round(v)) for v in (f, x, y)):
         raise ValueError(
             "fused, source A and source B all lie in [0, 1]: fusion metrics take 0..255 images; "
             "multiply unit images by 255 (or use napari_fusion.metrics.as_gray255)"
