@@ -140,7 +140,7 @@ def render_markdown(rows: list[dict], env: str, failures: list[str]) -> str:
         "method itself, without file I/O, colour conversion or tiling. `—`: not measured (no such device",
         "or the method failed). Parameters: scalar weights of the torch modules (classical methods have none).",
         "",
-        markdown_table(headers, body, digits=[0, 0, *([1] * len(cols))]),
+        markdown_table(headers, body, digits=[0, 0, *([2] * len(cols))]),
         "",
         "Cost per megapixel (median ms / MP): constant across sizes when the cost grows linearly with pixels.",
         "",
