@@ -392,3 +392,16 @@ def test_loaded_image_fields():
     img = read_image(sample_paths("mri_ct")[0])
     assert isinstance(img, LoadedImage) and img.name == "19" and img.meta["path"].endswith("19.png")
     assert img.spatial_shape == (256, 256) and img.path.name == "19.png"
+
+
+def test_huge_lazy_scene_gets_a_multiscale_layer(tmp_path, monkeypatch):
+    from napari_fusion.io import napari_reader
+
+    x = np.arange(2048 * 2048, dtype=np.uint16).reshape(2048, 2048) % 4000
+    tifffile.imwrite(tmp_path / "big.tif", x, compression="zlib", tile=(256, 256))
+    monkeypatch.setattr(_common, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(napari_reader, "_PYRAMID_MIN", 1024)
+    data, kw, _ = get_reader(str(tmp_path / "big.tif"))(str(tmp_path / "big.tif"))[0]
+    assert kw["multiscale"] is True and [d.shape for d in data] == [(2048, 2048), (1024, 1024)]
+    lo, hi = kw["contrast_limits"]
+    assert 0 <= lo < hi <= 4000

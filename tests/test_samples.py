@@ -89,3 +89,26 @@ def test_sample_folders_are_pair_layouts():
     assert [p.name for p in find_pairs(samples.SAMPLES_DIR / "ivif")] == ["FLIR_00211"]
     assert [p.modality_b for p in find_pairs(samples.SAMPLES_DIR / "mri_pet")] == ["PET"]
     assert [p.name for p in find_pairs(samples.SAMPLES_DIR / "pan_ms")] == ["Landsat8_LC80200392015216"]
+
+
+def test_every_sample_opens_in_a_napari_viewer_model_and_overlays():
+    pytest.importorskip("napari")
+    from napari.components import ViewerModel
+
+    for key in samples.SAMPLE_KEYS:
+        viewer = ViewerModel()
+        for data, kw, kind in getattr(samples, {"volume": "mri_volume_pair"}.get(key, f"{key}_pair"))():
+            viewer._add_layer_from_data(data, kw, kind)
+        assert len(viewer.layers) >= 2
+    # pan/MS: one world point falls on matching pixels (MS is 2x coarser, half a pan pixel off)
+    viewer = ViewerModel()
+    for data, kw, kind in samples.pan_ms_pair():
+        viewer._add_layer_from_data(data, kw, kind)
+    pan, blue = viewer.layers["pan"], viewer.layers["ms B2 blue"]
+    w = pan.data_to_world((101.0, 41.0))
+    np.testing.assert_allclose(blue.world_to_data(w), (50.0, 20.0))
+    vol = ViewerModel()
+    for data, kw, kind in samples.mri_volume_pair():
+        vol._add_layer_from_data(data, kw, kind)
+    np.testing.assert_allclose(vol.layers["T2*"].scale, [7.5, 0.5, 0.5], atol=1e-5)
+    assert vol.dims.ndim == 3

@@ -248,7 +248,9 @@ def _resample_one(
 
     n = len(out_shape)
     src = np.asarray(x)
-    work = src.astype(np.float32, copy=False) if src.dtype != np.float64 else src
+    # float32 holds 8/16-bit samples exactly; wider integers and float64 are resampled in float64
+    wide = src.dtype == np.float64 or (src.dtype.kind in "iu" and src.dtype.itemsize >= 4)
+    work = src.astype(np.float64 if wide else np.float32, copy=False)
     lin = a_to_b[:n, :n]
     # Anti-alias when B is sampled more coarsely than its own spacing (B finer than A).
     step = np.linalg.norm(lin, axis=1)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._common import LoadedImage
+from ._common import LoadedImage, central_window
 
 __all__ = ["get_reader", "layer_data", "read_layers", "band_colormaps", "READ_SUFFIXES"]
 
@@ -75,12 +75,19 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
 
 
 def _contrast(data, rgb: bool) -> tuple[float, float] | None:
-    """Robust display range: full 0..255 for 8-bit, 0.5-99.5 percentiles of a subsample otherwise."""
+    """Robust display range: full 0..255 for 8-bit, 0.5-99.5 percentiles of a subsample otherwise.
+
+    In-memory arrays are subsampled with a stride; lazy ones (memmap, dask) in a central window
+    only, so opening a huge scene does not decode all of it.
+    """
     if np.dtype(data.dtype) == np.uint8:
         return (0.0, 255.0)
-    n = int(np.prod(data.shape))
-    step = max(1, int(np.ceil((n / 1_000_000) ** (1 / data.ndim))))
-    sample = np.asarray(data[tuple(slice(None, None, step) for _ in range(data.ndim))], dtype=np.float64)
+    if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+        n = int(np.prod(data.shape))
+        step = max(1, int(np.ceil((n / 1_000_000) ** (1 / data.ndim))))
+        sample = np.asarray(data[tuple(slice(None, None, step) for _ in range(data.ndim))], dtype=np.float64)
+    else:
+        sample = np.asarray(data[central_window(data.shape, 1024)], dtype=np.float64)
     if sample.size == 0:
         return None
     lo, hi = np.percentile(sample, (0.5, 99.5))
