@@ -11,7 +11,6 @@ import tifffile
 from napari_fusion.geometry import Grid, bring_onto
 from napari_fusion.io import ImageReadError, LoadedImage, find_pairs, read_image, read_pair, write_image
 from napari_fusion.io import _common
-from napari_fusion.io.geotiff import geotransform
 from napari_fusion.io.napari_reader import get_reader
 from napari_fusion.io.napari_writer import write_image as napari_write
 from napari_fusion.samples import sample_paths
@@ -405,3 +404,19 @@ def test_huge_lazy_scene_gets_a_multiscale_layer(tmp_path, monkeypatch):
     assert kw["multiscale"] is True and [d.shape for d in data] == [(2048, 2048), (1024, 1024)]
     lo, hi = kw["contrast_limits"]
     assert 0 <= lo < hi <= 4000
+
+
+def test_lazy_arrays_are_written_tile_by_tile(tmp_path):
+    da = pytest.importorskip("dask.array")
+    x = (np.arange(600 * 520, dtype=np.uint32).reshape(600, 520) % 65521).astype(np.uint16)
+    lazy = da.from_array(x, chunks=(128, 128))
+    g = Grid.from_scale((600, 520), 15.0, (-3408645.0, 452475.0), "m")
+    write_image(tmp_path / "big.tif", lazy, grid=g)
+    back = read_image(tmp_path / "big.tif")
+    np.testing.assert_array_equal(back.data, x)
+    assert back.grid == g
+    with tifffile.TiffFile(tmp_path / "big.tif") as tf:
+        assert tf.pages[0].is_tiled
+    bands = da.from_array(np.stack([x, x // 2, x // 3]), chunks=(1, 256, 256))
+    write_image(tmp_path / "bands.tif", bands, grid=g)
+    np.testing.assert_array_equal(read_image(tmp_path / "bands.tif").data[2], x // 3)

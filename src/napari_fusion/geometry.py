@@ -267,8 +267,7 @@ def _resample_one(
     # Zero what lies outside B (beyond half a pixel plus ``edge``), instead of smearing its edge.
     inside = np.ones(out_shape, bool)
     for ax in range(n):
-        # coordinate along B axis `ax` as a function of A's index: separable only if axis-aligned,
-        # so evaluate on the full grid lazily via broadcasting.
+        # B coordinate along axis `ax` of every A index, built by broadcasting (1-D when aligned)
         coord = np.full((1,) * n, a_to_b[ax, n], dtype=np.float64)
         for j in range(n):
             if lin[ax, j] != 0:
@@ -307,7 +306,8 @@ def bring_onto(
       resolution ratio (:func:`resolution_ratio`); B is resized as if it covered A's field.
     - Otherwise B is sampled through its affine: ``index_B = grid_b⁻¹ · grid_a · index_A``
       (``scipy.ndimage.affine_transform``, spline ``order``), anti-aliased when B is finer.
-      Within half a B pixel past B's edge the edge value is used; farther outside gives 0.
+      A pixels whose centre falls inside B's footprint (out to its pixels' outer edges) get a
+      value (the edge value beyond B's last pixel centre); those outside it get 0.
 
     ``channel_axis`` names a non-spatial axis of ``b`` (bands, RGB) kept as is.
     Raises ValueError naming both shapes when no relation is known.

@@ -136,17 +136,32 @@ def _write_tiff(
     if channel_axis is not None:
         kw["planarconfig"] = "separate"
     h, w = (arr.shape[-3:-1] if rgb else arr.shape[-2:])
-    if nbytes > _TILED_BYTES and h >= 512 and w >= 512:
-        kw["tile"] = (256, 256)
-    if not isinstance(arr, np.ndarray):  # dask / zarr: hand tifffile one block at a time
-        arr = _as_numpy_chunks(arr)
+    lazy = not isinstance(arr, np.ndarray) or isinstance(arr, np.memmap)
+    if (nbytes > _TILED_BYTES or lazy) and h >= 256 and w >= 256:
+        kw["tile"] = (_TILE, _TILE)
     with atomic_path(dest) as tmp:
-        tifffile.imwrite(tmp, arr, **kw)
+        if lazy and "tile" in kw and arr.ndim <= 3:
+            # dask / zarr / memmap: computed and written one tile at a time (memory ~ one tile)
+            tifffile.imwrite(tmp, _tiles(arr, rgb), shape=arr.shape, dtype=arr.dtype, **kw)
+        else:
+            tifffile.imwrite(tmp, np.asarray(arr), **kw)
 
 
-def _as_numpy_chunks(arr):
-    """A dask array stays lazy only up to here; tifffile needs numpy, so compute it (bounded by caller)."""
-    return np.asarray(arr)
+_TILE = 256
+
+
+def _tiles(arr, rgb: bool):
+    """Tiles of a 2-D / RGB / bands-first array in TIFF order (plane, tile row, tile column), zero-padded."""
+    planes = [arr] if (arr.ndim == 2 or rgb) else [arr[i] for i in range(arr.shape[0])]
+    for plane in planes:
+        h, w = plane.shape[:2]
+        for y in range(0, h, _TILE):
+            for x in range(0, w, _TILE):
+                block = np.asarray(plane[y : y + _TILE, x : x + _TILE])
+                if block.shape[:2] != (_TILE, _TILE):
+                    pad = [(0, _TILE - block.shape[0]), (0, _TILE - block.shape[1])] + [(0, 0)] * (block.ndim - 2)
+                    block = np.pad(block, pad)
+                yield block
 
 
 def write_image(
