@@ -1,0 +1,317 @@
+"""Fine-tune a task-driven fusion model from labels a user painted (napari Labels layer).
+
+Label convention (what a napari user sees):
+
+- value ``0`` is "unpainted": those pixels are ignored by the task loss (napari's "no label");
+- a painted value ``v > 0`` trains class ``v`` of the segmenter (label value = class index, the same
+  numbers ``runner.segment`` returns, so painting corrections on a predicted Labels layer works);
+- models whose class 0 is "background" (``tdfusion-brats``) cannot have class 0 painted with 0:
+  pass ``background_value=v`` and pixels painted ``v`` train class 0 instead (``v`` is then not a class
+  of its own). Without it, background is simply not trained;
+- a painted value the segmenter does not have yet extends its head (:meth:`Segmenter.extend_classes`);
+  a model without a segmenter (the ``tdfusion`` infrared/visible base) gets a fresh one whose classes
+  are the painted values;
+- at least two different classes must be painted: with a single class the task loss is minimised by
+  calling every pixel that class, which would silently ruin a model, so it is refused with an error.
+
+The loop is TDFusion's bi-level training on crops around the painted pixels (see
+:mod:`.tdfusion`): the loss generation module is meta-learned from the painted-pixel cross-entropy,
+the fusion net follows the learned loss, the segmenter learns the painted pixels. The model given is
+never modified: a new runner is returned. MultiTaskVIF models are handed to
+``napari_fusion.training.multitask.finetune_multitask_steps``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .losses import IGNORE_INDEX, class_weights_from_counts, task_loss
+
+__all__ = [
+    "FinetuneProgress",
+    "finetune_steps",
+    "finetune",
+    "painted_targets",
+    "painted_task_loss",
+    "check_sparse_labels",
+]
+
+
+@dataclass
+class FinetuneProgress:
+    """Yielded after every fine-tuning step (for progress bars and a live loss readout)."""
+
+    step: int
+    steps: int
+    task_loss: float
+    fusion_loss: float
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def check_sparse_labels(sparse_labels, shape: tuple[int, ...], name: str = "painted labels") -> np.ndarray:
+    """Validate painted labels against the sources' shape; returns them as int64.
+
+    Errors: other shape, NaN/inf, non-integer or negative values, nothing painted.
+    """
+    lab = np.asarray(sparse_labels)
+    if lab.shape != tuple(shape):
+        raise ValueError(
+            f"{name} are {'x'.join(map(str, lab.shape)) or 'scalar'} but the sources are "
+            f"{'x'.join(map(str, shape))}; paint the labels on the fused image's grid"
+        )
+    if lab.dtype == np.bool_:
+        lab = lab.astype(np.int64)
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(np.isfinite(lab)):
+            raise ValueError(f"{name} contain NaN/inf values; labels must be whole numbers (0 = unpainted)")
+        if not np.all(lab == np.round(lab)):
+            raise ValueError(f"{name} contain non-integer values; labels must be whole numbers (0 = unpainted)")
+    elif not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"{name} have unsupported dtype {lab.dtype}; expected integer labels")
+    lab = lab.astype(np.int64)
+    if lab.min() < 0:
+        raise ValueError(f"{name} contain negative values (min {lab.min()}); 0 = unpainted, 1.. = classes")
+    if not np.any(lab):
+        raise ValueError(f"{name} are empty: nothing is painted (all 0); paint a few strokes of at least two classes")
+    return lab
+
+
+def painted_targets(labels: np.ndarray, background_value: int | None = None) -> np.ndarray:
+    """Painted values -> training targets: 0 -> ignored, ``background_value`` -> class 0, v -> v."""
+    t = labels.astype(np.int64).copy()
+    t[labels == 0] = IGNORE_INDEX
+    if background_value is not None:
+        if int(background_value) <= 0:
+            raise ValueError(f"background_value must be a painted value > 0, got {background_value}")
+        t[labels == int(background_value)] = 0
+    return t
+
+
+def _class_names(class_names, values) -> dict[int, str]:
+    if class_names is None:
+        return {}
+    if isinstance(class_names, Mapping):
+        return {int(k): str(v) for k, v in class_names.items()}
+    names = list(class_names)
+    return {int(v): names[int(v)] for v in values if 0 <= int(v) < len(names)}
+
+
+def _prepare_segmenter(runner, present: Sequence[int], class_names, seed: int, background: bool) -> list[str]:
+    """Give ``runner`` (a copy) a segmenter covering every present class; returns what changed."""
+    from ..methods.registry import ClassInfo
+    from ..methods.segmenter import Segmenter
+    from ..methods.tdfusion import default_class_color
+
+    names = _class_names(class_names, present)
+    top = max(present)
+    notes = []
+    if not runner.has_segmenter:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            seg = Segmenter(top + 1)
+        classes = [
+            ClassInfo(v, names.get(v, "background" if (v == 0 and background) else f"class {v}"), default_class_color(v))
+            for v in sorted(present)
+        ]
+        runner.set_segmenter(seg, classes)
+        notes.append(f"new segmenter for classes {sorted(present)}")
+        return notes
+    seg = runner.segmenter
+    known = {c.index: c for c in runner.classes}
+    if top >= seg.n_classes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            seg.extend_classes(top + 1)
+        notes.append(f"segmenter head extended to {top + 1} outputs for new class(es) {[v for v in present if v not in known]}")
+    for v in present:
+        if v not in known:
+            known[v] = ClassInfo(v, names.get(v, f"class {v}"), default_class_color(v))
+        elif v in names:
+            known[v] = ClassInfo(v, names[v], known[v].color)
+    runner.classes = tuple(sorted(known.values(), key=lambda c: c.index))
+    return notes
+
+
+class _StrokeSampler:
+    """Crops centred on painted pixels (class chosen uniformly, then a pixel of it), random h-flips."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, targets: np.ndarray, crop: int, seed: int):
+        mult = 8
+        crop = max(mult, (int(crop) // mult) * mult)
+        H, W = a.shape
+        self.ch = min(crop, -(-H // mult) * mult)
+        self.cw = min(crop, -(-W // mult) * mult)
+        ph, pw = max(0, self.ch - H), max(0, self.cw - W)
+        if ph or pw:  # tiny image: mirror-pad the sources, leave the padding unpainted
+            a = np.pad(a, ((0, ph), (0, pw)), mode="symmetric")
+            b = np.pad(b, ((0, ph), (0, pw)), mode="symmetric")
+            targets = np.pad(targets, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+        self.a, self.b, self.t = a, b, targets
+        self.rng = np.random.default_rng(seed)
+        self.by_class = {int(c): np.flatnonzero(targets.ravel() == c) for c in np.unique(targets) if c != IGNORE_INDEX}
+        self.classes = sorted(self.by_class)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        H, W = self.a.shape
+        ch, cw, rng = self.ch, self.cw, self.rng
+        A = np.empty((n, 1, ch, cw), np.float32)
+        B = np.empty((n, 1, ch, cw), np.float32)
+        T = np.empty((n, ch, cw), np.int64)
+        for i in range(n):
+            c = self.classes[int(rng.integers(len(self.classes)))]
+            flat = self.by_class[c][int(rng.integers(len(self.by_class[c])))]
+            y, x = divmod(int(flat), W)
+            y0 = int(np.clip(y - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, H - ch))
+            x0 = int(np.clip(x - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, W - cw))
+            sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+            ca, cb, ct = self.a[sl], self.b[sl], self.t[sl]
+            if rng.integers(2):
+                ca, cb, ct = ca[:, ::-1], cb[:, ::-1], ct[:, ::-1]
+            A[i, 0], B[i, 0], T[i] = ca, cb, ct
+        return torch.from_numpy(A), torch.from_numpy(B), torch.from_numpy(T)
+
+
+def finetune_steps(
+    runner,
+    a: np.ndarray,
+    b: np.ndarray,
+    sparse_labels: np.ndarray,
+    *,
+    steps: int = 60,
+    lr: float = 1e-3,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    background_value: int | None = None,
+    crop: int = 64,
+    batch: int = 4,
+    meta_every: int = 3,
+    inner_lr: float = 1e-2,
+    seed: int = 0,
+) -> Generator[FinetuneProgress, None, Any]:
+    """Fine-tune a copy of ``runner`` on painted labels; yields progress, returns the new runner.
+
+    ``a``, ``b``: unit 2-D sources of one shape (as :func:`napari_fusion.engine.pipeline.prepare_pair`
+    gives them); ``sparse_labels``: same shape, 0 = unpainted, v > 0 = class v (see the module
+    docstring for ``background_value`` and the two-class rule). ``class_names`` names new classes
+    (``{value: name}`` or a list indexed by value). Stop iterating to cancel: the input runner is
+    never modified. Each step trains on ``batch`` crops of ``crop`` pixels centred on painted pixels;
+    the meta step (loss module) runs every ``meta_every`` steps.
+
+    Bad input (sources or labels of other shapes, NaN, nothing painted, a single class, a model that
+    cannot be fine-tuned) raises here, when called, before any generator is returned.
+    """
+    from ..methods._torch import check_pair
+
+    a, b = check_pair(a, b)
+    labels = check_sparse_labels(sparse_labels, a.shape)
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise ValueError(f"learning rate must be a positive number, got {lr}")
+    family = getattr(runner, "family", None)
+    if family == "MultiTaskVIF":
+        from .multitask import finetune_multitask_steps
+
+        return finetune_multitask_steps(runner, a, b, labels, int(steps), float(lr))
+    if family != "TDFusion":
+        raise TypeError(
+            f"fine-tuning needs a TDFusion or MultiTaskVIF model, got {type(runner).__name__}"
+            f"{f' ({family})' if family else ''}; classical methods have nothing to train"
+        )
+    targets = painted_targets(labels, background_value)
+    present = sorted(int(v) for v in np.unique(targets) if v != IGNORE_INDEX)
+    if len(present) < 2:
+        what = "background" if present == [0] else f"class {present[0]}"
+        raise ValueError(
+            f"only one class ({what}) is painted; paint at least two classes (for example the object and "
+            "its surroundings) so the segmenter learns to tell them apart"
+        )
+    return _finetune_tdfusion(
+        runner, a, b, targets, present, steps=int(steps), lr=float(lr), class_names=class_names, device=device,
+        background_value=background_value, crop=crop, batch=batch, meta_every=meta_every, inner_lr=inner_lr, seed=seed,
+    )
+
+
+def _finetune_tdfusion(
+    runner, a, b, targets, present, *, steps, lr, class_names, device, background_value, crop, batch, meta_every, inner_lr, seed
+) -> Generator[FinetuneProgress, None, Any]:
+    from .tdfusion import TDFusionTrainer, TrainConfig
+
+    t0 = time.time()
+    new = runner.copy()
+    notes = _prepare_segmenter(new, present, class_names, seed, background_value is not None)
+    counts = np.bincount(targets[targets != IGNORE_INDEX], minlength=new.segmenter.n_classes)
+    weights = class_weights_from_counts(np.where(counts > 0, counts, counts[counts > 0].max())).tolist()
+    cfg = TrainConfig(
+        lr_fusion=lr, lr_seg=lr, lr_loss=lr, inner_lr=inner_lr, meta_every=meta_every, meta_start=0,
+        class_weights=weights,
+    )
+    trainer = TDFusionTrainer(new, cfg, device if device is not None else runner.device)
+    sampler = _StrokeSampler(a, b, targets, crop, seed)
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(steps):
+            ta, tb, tt = sampler.batch(batch)
+            row = trainer.train_step(ta, tb, tt)
+            for k, v in row.items():
+                if k != "step":
+                    first.setdefault(k, v)
+                    last[k] = v
+            if not (np.isfinite(row.get("task", 0.0)) and np.isfinite(row.get("fusion", 0.0))):
+                raise FloatingPointError(f"fine-tuning diverged at step {i + 1} (loss {row}); try a smaller learning rate")
+            yield FinetuneProgress(
+                step=i + 1, steps=steps, task_loss=float(row.get("task", float("nan"))),
+                fusion_loss=float(row.get("fusion", float("nan"))), seconds=time.time() - t0,
+                extra={k: v for k, v in row.items() if k not in ("step", "task", "fusion")},
+            )
+    trainer.finish()
+    base = runner.meta.get("base") or runner.name
+    new.meta["base"] = base
+    new.meta["method"] = base if str(base).endswith("-finetuned") else f"{base}-finetuned"
+    history = list(new.meta.get("finetune_history", []))
+    history.append(
+        {
+            "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
+            "meta_every": int(meta_every), "seed": int(seed), "background_value": background_value,
+            "painted_pixels": {str(c): int(counts[c]) for c in present},
+            "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
+            "first_batch_losses": {k: round(float(v), 5) for k, v in first.items()},
+            "last_batch_losses": {k: round(float(v), 5) for k, v in last.items()},
+        }
+    )
+    new.meta["finetune_history"] = history
+    return new
+
+
+def finetune(runner, a: np.ndarray, b: np.ndarray, sparse_labels: np.ndarray, **kw) -> Any:
+    """Run :func:`finetune_steps` to the end and return the fine-tuned (new) runner."""
+    gen = finetune_steps(runner, a, b, sparse_labels, **kw)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+@torch.no_grad()
+def painted_task_loss(runner, a: np.ndarray, b: np.ndarray, sparse_labels: np.ndarray, background_value: int | None = None) -> float:
+    """Cross-entropy of ``runner``'s segmentation of its fused image over the painted pixels only.
+
+    Classes the segmenter does not have yet count as 'impossible' (loss = log of a tiny probability
+    is not defined), so this needs a runner that covers every painted class.
+    """
+    from ..methods._torch import check_pair
+
+    a, b = check_pair(a, b)
+    labels = check_sparse_labels(sparse_labels, a.shape)
+    fused = runner.fuse(a, b)
+    logits = torch.from_numpy(runner.logits(fused))[None]
+    t = torch.from_numpy(painted_targets(labels, background_value))[None]
+    return float(task_loss(logits, t))

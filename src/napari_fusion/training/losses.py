@@ -1,0 +1,103 @@
+"""Losses of task-driven fusion: the learnable fusion loss and the segmentation task loss.
+
+Fusion loss (TDFusion): ``L = L_int(w) + lambda_grad * L_grad``.
+- ``L_int``: per-pixel weighted squared error to the two sources, with weights ``w = (w_a, w_b)``
+  (softmax over the two sources, from the loss generation module). ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``;
+  the factor 2 makes the neutral start (0.5, 0.5) equal to the mean of the two MSEs. Its minimiser is
+  the per-pixel convex blend ``w_a A + w_b B``, so the learned weights say which source to follow where.
+- ``L_grad``: fixed, L1 between the fused Sobel gradient magnitude and the larger of the sources'.
+Task loss: cross-entropy with an ignore value (unpainted or unlabelled pixels), optional class weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IGNORE_INDEX",
+    "sobel",
+    "gradient_magnitude",
+    "intensity_loss",
+    "gradient_loss",
+    "fusion_loss",
+    "task_loss",
+    "class_weights_from_counts",
+]
+
+IGNORE_INDEX = -100  # label value the task loss skips (torch's default ignore_index)
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
+
+
+def sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel derivatives (x, y) of an (N, 1, H, W) image, replicate-padded (no border artefact)."""
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype).reshape(1, 1, 3, 3)
+    ky = kx.transpose(-1, -2)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return F.conv2d(xp, kx), F.conv2d(xp, ky)
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|d/dx| + |d/dy| (L1 gradient magnitude) of an (N, 1, H, W) image."""
+    gx, gy = sobel(x)
+    return gx.abs() + gy.abs()
+
+
+def intensity_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Learned intensity term: ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``; ``weights`` is (N, 2, H, W)."""
+    if weights.shape[1] != 2:
+        raise ValueError(f"intensity weights need 2 channels (one per source), got {tuple(weights.shape)}")
+    return 2.0 * (weights[:, :1] * (fused - a).pow(2) + weights[:, 1:2] * (fused - b).pow(2)).mean()
+
+
+def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fixed texture term: L1 between |grad F| and max(|grad A|, |grad B|)."""
+    target = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
+    return (gradient_magnitude(fused) - target).abs().mean()
+
+
+def fusion_loss(
+    fused: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    weights: torch.Tensor,
+    grad_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total learnable fusion loss and its parts (``{"int": ..., "grad": ...}``)."""
+    li = intensity_loss(fused, a, b, weights)
+    lg = gradient_loss(fused, a, b)
+    return li + grad_weight * lg, {"int": li, "grad": lg}
+
+
+def task_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over labelled pixels only; pixels equal to ``ignore_index`` contribute nothing.
+
+    Returns 0 (with a graph) when no pixel is labelled, so a batch of unlabelled crops is harmless.
+    Raises ValueError if a label is outside ``0..n_classes-1`` (and not the ignore value).
+    """
+    if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0] or logits.shape[-2:] != labels.shape[-2:]:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match (N,C,H,W)/(N,H,W)")
+    labels = labels.long()
+    n = logits.shape[1]
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    lv = labels[valid]
+    lo, hi = int(lv.min()), int(lv.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"labels hold values {lo}..{hi} but the segmenter has classes 0..{n - 1}")
+    w = class_weights.to(device=logits.device, dtype=logits.dtype) if class_weights is not None else None
+    return F.cross_entropy(logits, labels, weight=w, ignore_index=ignore_index)
+
+
+def class_weights_from_counts(counts, power: float = 0.5, cap: float = 20.0) -> torch.Tensor:
+    """Inverse-frequency class weights ``(1/f)^power`` normalised to mean 1, capped (rare classes count more)."""
+    c = torch.as_tensor(counts, dtype=torch.float64).clamp_min(1.0)
+    w = (c.sum() / c).pow(power)
+    w = w / w.mean()
+    return w.clamp(max=cap).float()
