@@ -383,10 +383,10 @@ def _tile_fn(runner: Any, labels: bool) -> Callable:
     return both
 
 
-def _pick_tile(shape2d: tuple[int, int], tile: Any) -> int | tuple[int, int] | None:
+def _pick_tile(shape2d: tuple[int, int], tile: Any) -> tuple[int, int] | None:
     """The tile size to use for one 2-D plane, or None for untiled."""
     if tile is None:
-        return AUTO_TILE if shape2d[0] * shape2d[1] > AUTO_TILE_PIXELS else None
+        return (AUTO_TILE, AUTO_TILE) if shape2d[0] * shape2d[1] > AUTO_TILE_PIXELS else None
     if tile is False or tile == 0:
         return None
     t = (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
