@@ -1,0 +1,950 @@
+"""Pieces every napari-fusion widget shares: layer pickers, method/device pickers, background tasks,
+result layers placed on source A's grid, class colour maps, and the per-viewer shelf of tuned or
+loaded models.
+
+Widgets stay thin: the compute is a core generator (``engine.pipeline.fuse_steps``,
+``training.finetune.finetune_steps`` ...) that yields progress; :class:`Task` runs it in a napari
+thread worker (or inline when ``NAPARI_FUSION_SYNC=1``, for scripts and tests) and calls back on the
+GUI thread. Nothing here touches a user's layer until a job has returned, so a failed or cancelled
+job leaves the viewer as it was.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterable, Sequence
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtGui import QColor, QStandardItemModel
+from qtpy.QtWidgets import QApplication, QComboBox, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+__all__ = [
+    "SYNC_ENV",
+    "sync_mode",
+    "notify_error",
+    "notify_info",
+    "error_text",
+    "Task",
+    "LayerCombo",
+    "MethodCombo",
+    "DeviceCombo",
+    "ProgressBar",
+    "ModelEntry",
+    "ModelShelf",
+    "shelf_for",
+    "layer_array",
+    "grid_of",
+    "spatial_ndim",
+    "spatial_shape",
+    "fused_layer_name",
+    "labels_layer_name",
+    "place_image",
+    "place_labels",
+    "place_bands",
+    "BandGroup",
+    "band_groups",
+    "source_kwargs",
+    "labels_colormap",
+    "class_features",
+    "classes_of",
+    "META_KEY",
+    "result_kind",
+    "unwrap",
+    "same_layer",
+]
+
+SYNC_ENV = "NAPARI_FUSION_SYNC"
+META_KEY = "napari_fusion"  # layer.metadata[META_KEY]: what produced a result layer
+
+
+def sync_mode() -> bool:
+    """True when jobs should run inline on the GUI thread (``NAPARI_FUSION_SYNC=1``)."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------------------
+# notifications
+
+
+def error_text(err: BaseException) -> str:
+    """A user-facing one-liner for an exception (KeyError messages lose their quotes)."""
+    if isinstance(err, KeyError) and err.args:
+        msg = str(err.args[0])
+    else:
+        msg = str(err)
+    return msg or type(err).__name__
+
+
+def notify_error(message: str) -> None:
+    """Show an error in napari's notification area (and its log), never only in a terminal."""
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_info(message: str) -> None:
+    """Show an informational napari notification."""
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# background jobs
+
+
+class Task(QObject):
+    """One background job of a widget: a generator run in a napari thread worker.
+
+    ``yielded`` is called with each progress object, ``returned`` with the generator's return
+    value, ``errored`` with the exception, ``aborted`` after :meth:`cancel` took effect and
+    ``finished`` always last. All callbacks run on the GUI thread. In sync mode the generator runs
+    inline (Qt events are processed between steps so a Cancel click is still seen).
+    """
+
+    def __init__(
+        self,
+        gen_func: Callable[[], Generator[Any, None, Any]],
+        *,
+        yielded: Callable[[Any], None] | None = None,
+        returned: Callable[[Any], None] | None = None,
+        errored: Callable[[BaseException], None] | None = None,
+        aborted: Callable[[], None] | None = None,
+        finished: Callable[[], None] | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._gen_func = gen_func
+        self._cb = {"yielded": yielded, "returned": returned, "errored": errored, "aborted": aborted, "finished": finished}
+        self.worker = None
+        self._running = False
+        self._cancel = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _call(self, name: str, *args) -> None:
+        cb = self._cb.get(name)
+        if cb is None:
+            return
+        try:
+            cb(*args)
+        except RuntimeError as err:  # the widget was closed while the job ran
+            if "deleted" not in str(err):
+                raise
+
+    def start(self) -> "Task":
+        self._running = True
+        self._cancel = False
+        if sync_mode():
+            self._run_inline()
+            return self
+        from napari.qt.threading import create_worker
+
+        def work():
+            return (yield from self._gen_func())
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        try:  # we report errors ourselves, with a message that names the job
+            worker.errored.disconnect(worker._relay_error)
+        except (AttributeError, TypeError, RuntimeError):
+            pass
+        worker.yielded.connect(lambda v: self._call("yielded", v))
+        worker.returned.connect(lambda v: self._call("returned", v))
+        worker.errored.connect(lambda e: self._call("errored", e))
+        worker.aborted.connect(lambda: self._call("aborted"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return self
+
+    def _on_finished(self) -> None:
+        self._running = False
+        self.worker = None
+        self._call("finished")
+
+    def _run_inline(self) -> None:
+        app = QApplication.instance()
+        try:
+            gen = self._gen_func()
+            while True:
+                if self._cancel:
+                    gen.close()
+                    self._call("aborted")
+                    break
+                try:
+                    value = next(gen)
+                except StopIteration as stop:
+                    self._call("returned", stop.value)
+                    break
+                self._call("yielded", value)
+                if app is not None:
+                    app.processEvents()
+        except Exception as err:  # noqa: BLE001 - every failure becomes a notification
+            self._call("errored", err)
+        finally:
+            self._running = False
+            self._call("finished")
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next progress step (between tiles, slices or steps)."""
+        self._cancel = True
+        if self.worker is not None:
+            self.worker.quit()
+
+
+# --------------------------------------------------------------------------------------------------
+# layers
+
+
+def unwrap(obj):
+    """The napari object behind a plugin proxy (``PublicOnlyProxy``): napari hands plugin widgets a
+    proxy viewer whose layers are fresh proxies at each access, so identity means the name."""
+    while hasattr(type(obj), "__wrapped__") or "Proxy" in type(obj).__name__:
+        inner = getattr(obj, "__wrapped__", None)
+        if inner is None or inner is obj:
+            break
+        obj = inner
+    return obj
+
+
+def same_layer(x, y) -> bool:
+    """Whether two layer handles (possibly proxies) name the same layer."""
+    if x is None or y is None:
+        return False
+    return unwrap(x) is unwrap(y)
+
+
+def _alive(qobj: QObject) -> bool:
+    try:
+        qobj.objectName()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _meta_grid(layer):
+    meta = getattr(layer, "metadata", None) or {}
+    g = meta.get("grid")
+    return g if (g is not None and hasattr(g, "affine") and hasattr(g, "shape")) else None
+
+
+def _channel_axis(layer) -> int | None:
+    """The bands axis of a layer holding a whole multi-band stack (reader metadata), else None.
+
+    The reader records the file's ``channel_axis`` in every layer it makes; it only names an axis of
+    *this* layer when the layer has one more axis than its spatial grid (bands kept together).
+    """
+    if isinstance(layer, BandGroup) or getattr(layer, "rgb", False):
+        return None
+    g = _meta_grid(layer)
+    ax = (getattr(layer, "metadata", None) or {}).get("channel_axis")
+    if g is None or ax is None or layer.ndim != len(g.shape) + 1:
+        return None
+    return int(ax) % layer.ndim
+
+
+class BandGroup:
+    """The band layers of one multispectral file (napari shows each band as a layer), taken together
+    as one multi-band source ``(C, H, W)``, e.g. for pan-sharpening."""
+
+    rgb = False
+
+    def __init__(self, name: str, layers: Sequence[Any]) -> None:
+        self.name = name
+        self.layers = list(layers)
+        self.metadata = {META_KEY: {"role": "bands", "members": [x.name for x in self.layers]}}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (all {len(self.layers)} bands)"
+
+    @property
+    def ndim(self) -> int:
+        return int(self.layers[0].ndim) + 1
+
+    def stacked(self) -> np.ndarray:
+        return np.stack([np.asarray(layer_array(x)) for x in self.layers])
+
+
+def band_groups(viewer) -> list[BandGroup]:
+    """Groups of 2+ single-band layers that the reader split from one multi-band file."""
+    from napari.layers import Image
+
+    groups: dict[str, list] = {}
+    for layer in viewer.layers:
+        if not isinstance(layer, Image) or getattr(layer, "rgb", False):
+            continue
+        meta = layer.metadata or {}
+        g = _meta_grid(layer)
+        if meta.get("channel_axis") is None or g is None or layer.ndim != len(g.shape) or not meta.get("path"):
+            continue
+        groups.setdefault(str(meta["path"]), []).append(layer)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        prefix = os.path.commonprefix([m.name for m in members]).strip()
+        out.append(BandGroup(prefix or members[0].name, members))
+    return out
+
+
+def layer_array(layer) -> Any:
+    """A layer's full-resolution data (level 0 of a multiscale pyramid), not copied; a band group
+    is stacked bands-first."""
+    if isinstance(layer, BandGroup):
+        return layer.stacked()
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return data
+
+
+def spatial_ndim(layer) -> int:
+    """Number of spatial axes of a layer: RGB channels and a bands axis excluded."""
+    if isinstance(layer, BandGroup):
+        return int(layer.layers[0].ndim)
+    return int(layer.ndim) - (1 if _channel_axis(layer) is not None else 0)
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """The spatial shape of a layer's full-resolution data."""
+    if isinstance(layer, BandGroup):
+        return spatial_shape(layer.layers[0])
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(s) for s in np.shape(data)[: layer.ndim])
+    ax = _channel_axis(layer)
+    if ax is not None:
+        shape = shape[:ax] + shape[ax + 1 :]
+    return shape
+
+
+def source_kwargs(layer, prefix: str) -> dict:
+    """``grid_X`` / ``rgb_X`` (and ``channel_axis_b``) keywords of the engine for a source layer."""
+    kw = {f"grid_{prefix}": grid_of(layer), f"rgb_{prefix}": bool(getattr(layer, "rgb", False))}
+    if prefix == "b" and (isinstance(layer, BandGroup) or _channel_axis(layer) is not None):
+        kw["channel_axis_b"] = 0 if isinstance(layer, BandGroup) else _channel_axis(layer)
+    return kw
+
+
+_UNIT_NAMES = {"pixel": "pixel", "millimeter": "mm", "meter": "m", "micrometer": "um", "centimeter": "cm"}
+
+
+def _units_of(layer) -> str:
+    g = _meta_grid(layer)
+    if g is not None and getattr(g, "units", None):
+        return str(g.units)
+    units = getattr(layer, "units", None)
+    if not units:
+        return "pixel"
+    names = {_UNIT_NAMES.get(str(u), str(u)) for u in units}
+    return names.pop() if len(names) == 1 else "pixel"
+
+
+def _data_to_world_matrix(layer) -> np.ndarray:
+    """The layer's data -> world matrix from its public transforms (affine ∘ translate·rotate·shear·scale)."""
+    from napari.utils.transforms import CompositeAffine
+
+    inner = CompositeAffine(
+        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim
+    )
+    return np.asarray(layer.affine.affine_matrix, dtype=float) @ np.asarray(inner.affine_matrix, dtype=float)
+
+
+def grid_of(layer):
+    """Where a layer's samples lie in the world, as a :class:`napari_fusion.geometry.Grid`.
+
+    Built from the layer's scale/translate/rotate/shear/affine, so what the user sees overlaid in
+    napari is what gets fused (a layer moved by hand is fused where it is shown); the units come from
+    the reader's grid when there is one. A bands axis is left out.
+    """
+    from ..geometry import Grid
+
+    if isinstance(layer, BandGroup):
+        return grid_of(layer.layers[0])
+    m = _data_to_world_matrix(layer)
+    ax = _channel_axis(layer)
+    if ax is not None:
+        keep = [i for i in range(m.shape[0]) if i != ax]
+        m = m[np.ix_(keep, keep)]
+    return Grid(shape=spatial_shape(layer), affine=m, units=_units_of(layer))
+
+
+def result_kind(data: np.ndarray, like) -> str:
+    """How a fused array relates to source A's layer: ``"gray"``, ``"rgb"`` (last axis colour) or
+    ``"bands"`` (bands-first stack, from a multi-band source B)."""
+    spatial = spatial_shape(like)
+    n = len(spatial)
+    if data.ndim == n + 1 and tuple(data.shape[:n]) == spatial and data.shape[-1] in (3, 4):
+        return "rgb"
+    if data.ndim == n + 1 and tuple(data.shape[1:]) == spatial:
+        return "bands"
+    return "gray"
+
+
+def fused_layer_name(method_label: str, a_name: str, b_name: str) -> str:
+    """The one name of a fusion result layer: ``"{method} ({A} + {B})"``."""
+    return f"{method_label} ({a_name} + {b_name})"
+
+
+def labels_layer_name(method_label: str) -> str:
+    """The one name of a segmentation result layer: ``"{method} labels"``."""
+    return f"{method_label} labels"
+
+
+def _transform_kwargs(like, extra_leading: int = 0) -> dict:
+    """A source layer's scale/translate/rotate/shear/affine, for a result with ``extra_leading``
+    non-spatial axes in front (bands)."""
+    kw = {
+        "scale": tuple(like.scale),
+        "translate": tuple(like.translate),
+        "rotate": np.asarray(like.rotate),
+        "shear": np.asarray(like.shear),
+        "affine": np.asarray(like.affine.affine_matrix),
+        "units": tuple(str(u) for u in like.units) if getattr(like, "units", None) else None,
+    }
+    if kw["units"] is None:
+        kw.pop("units")
+    if extra_leading:
+        n = like.ndim
+        e = extra_leading
+
+        def embed(mat: np.ndarray, size: int) -> np.ndarray:
+            out = np.eye(size + e)
+            out[e:, e:] = mat
+            return out
+
+        kw["scale"] = (1.0,) * e + kw["scale"]
+        kw["translate"] = (0.0,) * e + kw["translate"]
+        kw["rotate"] = embed(kw["rotate"], n)
+        kw["shear"] = embed(kw["shear"], n) if kw["shear"].ndim == 2 else kw["shear"]
+        kw["affine"] = embed(kw["affine"], n + 1)
+        if "units" in kw:
+            kw["units"] = ("pixel",) * e + kw["units"]
+        if kw["shear"].ndim != 2:
+            kw.pop("shear")
+    return kw
+
+
+def _index_of(viewer, name: str) -> int:
+    return [x.name for x in viewer.layers].index(name)
+
+
+def _find_layer(viewer, names: Iterable[str], kind: type):
+    for name in names:
+        if name and name in viewer.layers and isinstance(viewer.layers[name], kind):
+            return viewer.layers[name]
+    return None
+
+
+def place_image(
+    viewer,
+    name: str,
+    data: np.ndarray,
+    like,
+    *,
+    rgb: bool = False,
+    metadata: dict | None = None,
+    reuse: Sequence[str] = (),
+    layer=None,
+    style: dict | None = None,
+    grid=None,
+):
+    """Show ``data`` as an Image layer called ``name`` on ``like``'s grid.
+
+    If a layer of that name (or one named in ``reuse``, or ``layer`` itself) exists, it is updated
+    in place (``layer.data = ...``, renamed, contrast reset) so that re-running a job never piles up
+    layers. A layer whose RGB-ness or dimensionality no longer fits is replaced at the same index.
+    ``style``: colormap/blending/visible/opacity of a new layer. ``grid`` (the result's grid) and
+    source A's reader metadata go into ``metadata`` so that File > Save keeps A's geometry
+    (GeoTIFF tags, NIfTI affine).
+    """
+    from napari.layers import Image
+
+    extra = max(data.ndim - like.ndim - (1 if rgb else 0), 0)
+    meta = dict(metadata or {})
+    if grid is not None:
+        meta["grid"] = grid
+    io_meta = (getattr(like, "metadata", None) or {}).get("io_meta")
+    if io_meta:
+        meta["io_meta"] = io_meta
+    style = dict(style or {})
+    target = _find_layer(viewer, [getattr(layer, "name", layer), name, *reuse], Image)
+    if target is not None:
+        if bool(target.rgb) == bool(rgb) and target.ndim == data.ndim - (1 if rgb else 0):
+            target.data = data
+            target.name = name
+            target.metadata = {**dict(target.metadata), **meta}
+            if not rgb:
+                target.reset_contrast_limits()
+            target.refresh()
+            return target
+        index = _index_of(viewer, target.name)
+        del viewer.layers[index]
+    else:
+        index = None
+    style.setdefault("blending", "translucent")
+    if not rgb:
+        style.setdefault("colormap", "gray")
+    new = Image(data, name=name, rgb=rgb, metadata=meta, **style, **_transform_kwargs(like, extra))
+    if index is None:
+        viewer.add_layer(new)
+    else:
+        viewer.layers.insert(index, new)
+    return new
+
+
+def place_bands(
+    viewer, name: str, bands: np.ndarray, like, group: "BandGroup | None", *, metadata: dict | None = None, grid=None
+) -> list:
+    """Show a fused multi-band result ``(C, H, W)`` as one layer per band, styled like the source
+    band layers (colours, additive blending, visibility), so it looks like the multispectral input."""
+    out = []
+    members = list(group.layers) if group is not None else []
+    for i in range(bands.shape[0]):
+        src = members[i] if i < len(members) else None
+        suffix = src.name[len(group.name):].strip() if (src is not None and src.name.startswith(group.name)) else ""
+        style = {}
+        if src is not None:
+            style = {"colormap": src.colormap.name, "blending": src.blending, "visible": src.visible}
+        else:
+            style = {"blending": "additive"}
+        out.append(
+            place_image(viewer, f"{name} {suffix or i + 1}", bands[i], like, metadata=metadata, style=style, grid=grid)
+        )
+    return out
+
+
+def labels_colormap(classes):
+    """A napari ``DirectLabelColormap`` from :class:`ClassInfo` colours; 0 stays transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
+    for c in classes or ():
+        if int(c.index) == 0:
+            continue
+        q = QColor(c.color)
+        colors[int(c.index)] = np.array([q.redF(), q.greenF(), q.blueF(), 1.0], np.float32)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def class_features(classes):
+    """A Labels ``features`` table (``index``, ``class``) so napari shows class names on hover."""
+    import pandas as pd
+
+    rows = sorted(((int(c.index), str(c.name)) for c in classes or ()), key=lambda r: r[0])
+    if not rows or rows[0][0] != 0:
+        rows.insert(0, (0, "unlabelled"))
+    return pd.DataFrame({"index": [r[0] for r in rows], "class": [r[1] for r in rows]})
+
+
+def classes_of(obj) -> tuple:
+    """The ``ClassInfo`` tuple of a runner or a fusion result, or ``()``."""
+    return tuple(getattr(obj, "classes", None) or ())
+
+
+def place_labels(
+    viewer,
+    name: str,
+    labels: np.ndarray,
+    like,
+    classes=(),
+    *,
+    metadata: dict | None = None,
+    reuse: Sequence[str] = (),
+    layer=None,
+):
+    """Show ``labels`` as a Labels layer called ``name`` on ``like``'s grid, with class colours and
+    names; updates an existing layer of that name (or ``layer``) in place."""
+    from napari.layers import Labels
+
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.int32)
+    meta = dict(metadata or {})
+    target = _find_layer(viewer, [getattr(layer, "name", layer), name, *reuse], Labels)
+    if target is not None and target.ndim == labels.ndim:
+        target.data = labels
+        target.name = name
+        if classes:
+            target.colormap = labels_colormap(classes)
+            target.features = class_features(classes)
+        target.metadata = {**dict(target.metadata), **meta}
+        target.refresh()
+        return target
+    index = None
+    if target is not None:
+        index = _index_of(viewer, target.name)
+        del viewer.layers[index]
+    kw = {"colormap": labels_colormap(classes), "features": class_features(classes)} if classes else {}
+    new = Labels(labels, name=name, metadata=meta, opacity=0.6, **kw, **_transform_kwargs(like))
+    if index is None:
+        viewer.add_layer(new)
+    else:
+        viewer.layers.insert(index, new)
+    return new
+
+
+# --------------------------------------------------------------------------------------------------
+# pickers
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of some kinds, kept current as layers come, go or are
+    renamed; ``predicate`` filters further (e.g. "same dimensionality as source A")."""
+
+    NONE = "(none)"
+
+    def __init__(
+        self,
+        viewer,
+        kinds: tuple[type, ...],
+        *,
+        predicate: Callable[[Any], bool] | None = None,
+        optional: bool = False,
+        groups: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer_ref = weakref.ref(viewer)
+        self._kinds = kinds
+        self._groups = groups
+        self._predicate = predicate
+        self._optional = optional
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        ev = viewer.layers.events
+        ev.inserted.connect(self._on_inserted)
+        ev.removed.connect(self._on_changed)
+        ev.moved.connect(self._on_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._on_changed)
+        self.refresh()
+
+    @property
+    def viewer(self):
+        return self._viewer_ref()
+
+    def set_predicate(self, predicate: Callable[[Any], bool] | None) -> None:
+        self._predicate = predicate
+        self.refresh()
+
+    def _on_inserted(self, event=None) -> None:
+        if not _alive(self):
+            return
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self._on_changed)
+        self.refresh()
+
+    def _on_changed(self, event=None) -> None:
+        if _alive(self):
+            self.refresh()
+
+    def candidates(self) -> list:
+        viewer = self.viewer
+        if viewer is None:
+            return []
+        out = []
+        for layer in reversed(list(viewer.layers)):  # top of the layer list first, as napari shows it
+            if not isinstance(layer, self._kinds):
+                continue
+            if self._predicate is not None:
+                try:
+                    if not self._predicate(layer):
+                        continue
+                except Exception:  # noqa: BLE001 - a broken layer is simply not offered
+                    continue
+            out.append(layer)
+        if self._groups:
+            for g in band_groups(viewer):
+                if self._predicate is None or self._predicate(g):
+                    out.append(g)
+        return out
+
+    @staticmethod
+    def _text(layer) -> str:
+        return layer.label if isinstance(layer, BandGroup) else layer.name
+
+    def refresh(self) -> None:
+        current = self.currentText()
+        names = [self._text(layer) for layer in self.candidates()]
+        items = ([self.NONE] if self._optional else []) + names
+        if items == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(items)
+        if current in items:
+            self.setCurrentIndex(items.index(current))
+        elif self._optional:
+            self.setCurrentIndex(0)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        """The chosen layer, or None."""
+        name = self.currentText()
+        viewer = self.viewer
+        if viewer is None or not name or name == self.NONE:
+            return None
+        if name not in viewer.layers:
+            if self._groups:
+                for g in band_groups(viewer):
+                    if g.label == name:
+                        return g
+            return None
+        layer = viewer.layers[name]
+        return layer if isinstance(layer, self._kinds) else None
+
+    def set_layer(self, layer_or_name) -> bool:
+        """Select a layer (object or name); False if it is not offered."""
+        name = self._text(layer_or_name) if hasattr(layer_or_name, "name") else layer_or_name
+        self.refresh()
+        i = self.findText(str(name))
+        if i < 0:
+            return False
+        self.setCurrentIndex(i)
+        return True
+
+
+@dataclass
+class ModelEntry:
+    """A model held in this viewer session: fine-tuned in the widget or loaded from a file."""
+
+    label: str  # what combos and result layer names show, e.g. "tdfusion tuned"
+    runner: Any
+    base: str | None = None  # the shipped method it started from, when known
+    info: str = ""  # one line for tooltips
+    source: str = "tuned"  # "tuned" | "loaded"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def segments(self) -> bool:
+        return bool(classes_of(self.runner)) and (
+            hasattr(self.runner, "segment") or hasattr(self.runner, "fuse_and_segment")
+        )
+
+
+class ModelShelf(QObject):
+    """The tuned/loaded models of one viewer, offered by every widget's method combo."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._entries: dict[str, ModelEntry] = {}
+
+    def add(self, entry: ModelEntry) -> ModelEntry:
+        """Add a model; a taken label gets a number (``tdfusion tuned 2``)."""
+        label, n = entry.label, 2
+        while label in self._entries and self._entries[label].runner is not entry.runner:
+            label = f"{entry.label} {n}"
+            n += 1
+        entry.label = label
+        self._entries[label] = entry
+        self.changed.emit()
+        return entry
+
+    def get(self, label: str) -> ModelEntry | None:
+        return self._entries.get(label)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+
+_SHELVES: "weakref.WeakKeyDictionary[Any, ModelShelf]" = weakref.WeakKeyDictionary()
+
+
+def shelf_for(viewer) -> ModelShelf:
+    """The model shelf of a viewer (created on first use, forgotten with the viewer)."""
+    viewer = unwrap(viewer)
+    shelf = _SHELVES.get(viewer)
+    if shelf is None:
+        shelf = _SHELVES[viewer] = ModelShelf()
+    return shelf
+
+
+class MethodCombo(QWidget):
+    """Registry methods (filtered) and the session's models, with the one-line description of the
+    current choice shown under the combo and as each item's tooltip."""
+
+    changed = Signal()
+
+    def __init__(
+        self,
+        viewer,
+        *,
+        method_filter: Callable[[Any], bool] | None = None,
+        entry_filter: Callable[[ModelEntry], bool] | None = None,
+        default: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._method_filter = method_filter or (lambda m: True)
+        self._entry_filter = entry_filter or (lambda e: True)
+        self._shelf = shelf_for(viewer)
+        self.combo = QComboBox()
+        self.description = QLabel()
+        self.description.setWordWrap(True)
+        self.description.setStyleSheet("color: palette(mid); font-size: 11px;")
+        self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.combo)
+        lay.addWidget(self.description)
+        self._descriptions: dict[str, str] = {}
+        self.combo.currentIndexChanged.connect(self._on_index)
+        self._shelf.changed.connect(self._on_shelf)
+        self.refresh()
+        if default:
+            self.select(default)
+        elif self.combo.count():
+            try:
+                from ..methods.registry import default_method
+
+                self.select(default_method())
+            except Exception:  # noqa: BLE001
+                pass
+        self._on_index()
+
+    def _on_shelf(self) -> None:
+        if _alive(self):
+            self.refresh()
+
+    def methods(self) -> list:
+        from ..methods.registry import list_methods
+
+        return [m for m in list_methods() if self._method_filter(m)]
+
+    def refresh(self) -> None:
+        current = self.combo.currentText()
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self._descriptions.clear()
+        model = self.combo.model()
+        for m in self.methods():
+            self.combo.addItem(m.name)
+            self._descriptions[m.name] = m.description
+            model.setData(model.index(self.combo.count() - 1, 0), m.description, Qt.ItemDataRole.ToolTipRole)
+        for e in self._shelf.entries():
+            if not self._entry_filter(e):
+                continue
+            self.combo.addItem(e.label)
+            text = e.info or f"{e.source} model" + (f" (from {e.base})" if e.base else "")
+            self._descriptions[e.label] = text
+            model.setData(model.index(self.combo.count() - 1, 0), text, Qt.ItemDataRole.ToolTipRole)
+        i = self.combo.findText(current)
+        if i >= 0:
+            self.combo.setCurrentIndex(i)
+        self.combo.blockSignals(False)
+        self._on_index()
+
+    def _on_index(self, *_):
+        text = self.combo.currentText()
+        desc = self._descriptions.get(text, "")
+        self.description.setText(desc)
+        self.combo.setToolTip(desc)
+        self.changed.emit()
+
+    def select(self, label: str) -> bool:
+        i = self.combo.findText(label)
+        if i < 0:
+            return False
+        self.combo.setCurrentIndex(i)
+        return True
+
+    def label(self) -> str:
+        """What the user picked, as shown (a registry name or a session model's label)."""
+        return self.combo.currentText()
+
+    def entry(self) -> ModelEntry | None:
+        """The session model picked, or None for a registry method."""
+        return self._shelf.get(self.label())
+
+    def method_spec(self):
+        """What the engine takes as ``method``: a registry name or a runner object."""
+        e = self.entry()
+        return e.runner if e is not None else self.label()
+
+    def base_name(self) -> str | None:
+        """The shipped method behind the choice (itself for a registry method)."""
+        e = self.entry()
+        return e.base if e is not None else (self.label() or None)
+
+
+def gpu_available() -> bool:
+    """Whether torch sees a CUDA or Apple MPS device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+class DeviceCombo(QComboBox):
+    """auto / CPU / GPU; GPU is greyed out when torch sees no CUDA or MPS device."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.addItems(["auto", "CPU", "GPU"])
+        self.setToolTip("auto: GPU when one is available, else CPU")
+        if not gpu_available():
+            model = self.model()
+            if isinstance(model, QStandardItemModel):
+                item = model.item(2)
+                item.setEnabled(False)
+                item.setToolTip("no CUDA or MPS device found")
+
+    def device(self) -> str:
+        """The engine's device name: ``auto``, ``cpu``, or ``cuda``/``mps``."""
+        text = self.currentText()
+        if text == "CPU":
+            return "cpu"
+        if text == "GPU":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "mps"
+        return "auto"
+
+
+class ProgressBar(QProgressBar):
+    """A progress bar that shows the job's stage, e.g. ``slice 12/155``."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.reset_idle()
+
+    def reset_idle(self) -> None:
+        self.setRange(0, 1)
+        self.setValue(0)
+        self.setFormat("idle")
+        self.setTextVisible(True)
+
+    def busy(self, text: str) -> None:
+        self.setRange(0, 0)  # an indeterminate bar until the first progress arrives
+        self.setFormat(text)
+
+    def show_progress(self, p) -> None:
+        total = max(int(getattr(p, "total", 0) or 0), 0)
+        done = int(getattr(p, "done", 0) or 0)
+        stage = str(getattr(p, "stage", "") or "")
+        if total <= 0:
+            self.busy(stage or "working")
+            return
+        self.setRange(0, total)
+        self.setValue(min(done, total))
+        self.setFormat(f"{stage} %v/%m" if stage else "%v/%m")
+
+    def done(self, text: str = "done") -> None:
+        self.setRange(0, 1)
+        self.setValue(1)
+        self.setFormat(text)
