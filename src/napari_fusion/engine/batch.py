@@ -497,19 +497,22 @@ def _open_tiff(p: Path, name: str) -> tuple[Any, Grid | None, dict]:
     return data, grid, meta
 
 
-def _sample(src: _LazySource, n_patches: int = 24, patch: int = 64) -> np.ndarray:
-    """Pixels of evenly spread patches (the whole scene when small), for its intensity range.
+def _sample(src: _LazySource, n_patches: int = 24, patch: int = 64, reader: Callable | None = None,
+            shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Pixels of evenly spread patches (the whole scene when small), for intensity statistics.
 
     Layout: gray ``(N,)``, RGB ``(N, 3)``, bands ``(C, N)``; reading 24 x 24 patches instead of
     strided rows keeps chunked (zarr/compressed TIFF) inputs from being decoded many times over.
+    ``reader(ys, xs)`` / ``shape`` sample another grid (B resampled onto A's) at the same patches.
     """
-    h, w = src.spatial
+    h, w = shape or src.spatial
+    read = reader or src.block
     if h * w <= 4_000_000:
-        blocks = [src.block(slice(0, h), slice(0, w))]
+        blocks = [read(slice(0, h), slice(0, w))]
     else:
         ys = np.linspace(0, max(h - patch, 0), n_patches).astype(int)
         xs = np.linspace(0, max(w - patch, 0), n_patches).astype(int)
-        blocks = [src.block(slice(y, y + patch), slice(x, x + patch)) for y in ys for x in xs]
+        blocks = [read(slice(y, y + patch), slice(x, x + patch)) for y in ys for x in xs]
     if src.bands:
         return np.concatenate([b.reshape(b.shape[0], -1) for b in blocks], axis=1)
     if src.rgb:
@@ -555,6 +558,7 @@ class _BOnA:
             extra = (3,) if b.rgb else ()
             lead = (b.data.shape[0],) if b.bands else ()
             return np.zeros(lead + shape + extra, dtype=b.data.dtype)
+        dt = np.dtype(b.data.dtype)
         blk = b.block(slice(r0, r1), slice(c0, c1)).astype(np.float32)
         offset = off + lin @ np.array([ys.start, xs.start], float) - np.array([r0, c0], float)
         matrix = np.diag(lin) if np.allclose(lin, np.diag(np.diag(lin))) else lin
@@ -568,7 +572,10 @@ class _BOnA:
         def one(x: np.ndarray) -> np.ndarray:
             o = ndimage.affine_transform(x, matrix, offset=offset, output_shape=shape, order=1, mode="nearest", prefilter=False)
             o[~inside] = 0
-            return o
+            if dt.kind in "ui":  # B keeps its dtype, as geometry.bring_onto does
+                info = np.iinfo(dt)
+                return np.clip(np.rint(o), info.min, info.max).astype(dt)
+            return o.astype(dt if dt.itemsize >= 4 else np.float32)
 
         if b.bands:
             return np.stack([one(c) for c in blk])
@@ -624,8 +631,9 @@ def fuse_file_tiled_steps(
         oshape, odtype, inten_out = (C, H, W), np.dtype(b.data.dtype), b.intensity
         ochunks = (1, chunk, chunk)
         # PAN matched to the MS intensity (mean/std from samples), as the in-memory pipeline does
+        # statistics on the same A-grid pixels as the in-memory pipeline (identical for scenes <= 4 Mpx)
         pa_s, _ = _unit_luma(_sample(a), a.intensity, a.rgb)
-        ms_s = color.to_unit(_sample(b), b.intensity)[0].mean(axis=0)
+        ms_s = color.to_unit(_sample(b, reader=bon.read, shape=(H, W)), b.intensity)[0].mean(axis=0)
         sx, sr = float(pa_s.std()), float(ms_s.std())
         gain_pan = sr / sx if sx > 1e-8 else 1.0
         mean_pan, mean_ms = float(pa_s.mean()), float(ms_s.mean())
