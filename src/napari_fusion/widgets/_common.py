@@ -802,16 +802,27 @@ class MethodCombo(QWidget):
         self.combo.currentIndexChanged.connect(self._on_index)
         self._shelf.changed.connect(self._on_shelf)
         self.refresh()
-        if default:
-            self.select(default)
-        elif self.combo.count():
+        if not (default and self.select(default)):
             try:
                 from ..methods.registry import default_method
 
-                self.select(default_method())
+                preferred = default_method()
             except Exception:  # noqa: BLE001
-                pass
+                preferred = None
+            if not (preferred and self.select(preferred)):
+                self._select_first_enabled()
         self._on_index()
+
+    def _enabled(self, i: int) -> bool:
+        model = self.combo.model()
+        item = model.item(i) if isinstance(model, QStandardItemModel) else None
+        return item is None or item.isEnabled()
+
+    def _select_first_enabled(self) -> None:
+        for i in range(self.combo.count()):
+            if self._enabled(i):
+                self.combo.setCurrentIndex(i)
+                return
 
     def _on_shelf(self) -> None:
         if _alive(self):
@@ -830,8 +841,15 @@ class MethodCombo(QWidget):
         model = self.combo.model()
         for m in self.methods():
             self.combo.addItem(m.name)
-            self._descriptions[m.name] = m.description
-            model.setData(model.index(self.combo.count() - 1, 0), m.description, Qt.ItemDataRole.ToolTipRole)
+            desc = m.description
+            missing = missing_weights(m)
+            if missing:
+                desc = f"{desc} — weights not installed ({missing.name})"
+                item = model.item(self.combo.count() - 1) if isinstance(model, QStandardItemModel) else None
+                if item is not None:
+                    item.setEnabled(False)
+            self._descriptions[m.name] = desc
+            model.setData(model.index(self.combo.count() - 1, 0), desc, Qt.ItemDataRole.ToolTipRole)
         for e in self._shelf.entries():
             if not self._entry_filter(e):
                 continue
@@ -853,15 +871,18 @@ class MethodCombo(QWidget):
         self.changed.emit()
 
     def select(self, label: str) -> bool:
+        """Choose a method or model by label; False if it is not offered or not installed."""
         i = self.combo.findText(label)
-        if i < 0:
+        if i < 0 or not self._enabled(i):
             return False
         self.combo.setCurrentIndex(i)
         return True
 
     def label(self) -> str:
-        """What the user picked, as shown (a registry name or a session model's label)."""
-        return self.combo.currentText()
+        """What the user picked, as shown (a registry name or a session model's label); "" when
+        nothing usable is picked (e.g. every method lacks its weights)."""
+        i = self.combo.currentIndex()
+        return self.combo.currentText() if i >= 0 and self._enabled(i) else ""
 
     def entry(self) -> ModelEntry | None:
         """The session model picked, or None for a registry method."""
@@ -876,6 +897,14 @@ class MethodCombo(QWidget):
         """The shipped method behind the choice (itself for a registry method)."""
         e = self.entry()
         return e.base if e is not None else (self.label() or None)
+
+
+def missing_weights(method):
+    """The weights file a method needs but that is not installed, else None."""
+    path = getattr(method, "weights_path", None)
+    if path is None or path.is_file():
+        return None
+    return path
 
 
 def gpu_available() -> bool:

@@ -150,7 +150,7 @@ class EvaluateWidget(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.setMinimumHeight(260)
-        self.note = QLabel("higher is better for every metric")
+        self.note = QLabel("higher is better for every metric; the best of each row is bold")
         self.note.setStyleSheet("color: palette(mid); font-size: 11px;")
 
         form = QFormLayout()
@@ -257,9 +257,16 @@ class EvaluateWidget(QWidget):
             tips = _tips()
             if head is not None and r in tips:
                 head.setToolTip(tips[r])
-            for j, c in enumerate(cols):
-                v = self.results[c].get(r)
+            vals = [self.results[c].get(r) for c in cols]
+            finite = [v for v in vals if v is not None and math.isfinite(v)]
+            best = max(finite) if len(finite) >= 2 else None
+            for j, v in enumerate(vals):
                 item = QTableWidgetItem("" if v is None else _fmt(v))
+                if best is not None and v == best:  # every metric here is higher-is-better
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                    item.setToolTip("best of the evaluated layers")
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
 

@@ -73,6 +73,13 @@ def _painted_class_names(layer) -> dict[int, str] | None:
     return {int(i): str(n) for i, n in zip(feats["index"], feats[col]) if int(i) != 0}
 
 
+def _painted_background(layer) -> int | None:
+    """The painted value a user named "background" (trains the model's class 0), if any."""
+    names = _painted_class_names(layer) or {}
+    hits = [v for v, n in names.items() if n.strip().lower() == "background" and v > 0]
+    return hits[0] if hits else None
+
+
 class FinetuneWidget(QWidget):
     """Fine-tune a task-driven model (TDFusion, MultiTaskVIF) from painted labels.
 
@@ -286,6 +293,8 @@ class FinetuneWidget(QWidget):
         root = self.root_method() or base_label
         steps, lr = int(self.steps.value()), float(self.lr.value())
         class_names = _painted_class_names(strokes_layer)
+        background = _painted_background(strokes_layer)
+        extra = {"background_value": background} if background is not None else {}
         device_choice = self.device.device()
         xa, xb = layer_array(a), layer_array(b)
         n_painted = int(np.count_nonzero(labels))
@@ -300,7 +309,7 @@ class FinetuneWidget(QWidget):
             ua, ub = prep.a, prep.b
             base = self._base_runner(device)
             tuned = yield from finetune_steps(
-                base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device
+                base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device, **extra
             )
             result = yield from fuse_steps(xa, xb, tuned, device=device, segment=_segments(tuned), **src_kw)
             return tuned, result
@@ -453,10 +462,15 @@ class FinetuneWidget(QWidget):
 
         from ._common import _transform_kwargs
 
-        classes = ()
         entry = self.current_entry()
         if entry is not None:
             classes = classes_of(entry.runner)
+        else:
+            from ..methods.registry import get_method
+
+            label = self.model.label()
+            extra = get_method(label).extra if label else {}
+            classes = tuple(extra.get("classes") or ())
         kw = {"colormap": labels_colormap(classes), "features": class_features(classes)} if classes else {}
         name, n = "strokes", 2
         while name in self.viewer.layers:

@@ -1,0 +1,248 @@
+"""Screenshots of the napari-fusion widgets, taken from a real viewer on the shipped sample pairs.
+
+Run (needs a display; Xvfb works)::
+
+    xvfb-run -a python docs/make_screenshots.py            # all, into docs/screenshots/
+    xvfb-run -a python docs/make_screenshots.py fusion_ivif evaluate   # some
+
+Every widget runs through its real buttons' code path (jobs inline: ``NAPARI_FUSION_SYNC=1``), so
+what the pictures show is what a user gets. Learned methods are used when their weights are
+installed; otherwise the script falls back to a classical method and says so.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NAPARI_FUSION_SYNC", "1")  # jobs run inline: deterministic pictures
+os.environ.setdefault("NAPARI_FUSION_DEVICE", "cpu")
+
+import numpy as np  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "screenshots"
+SIZE = (1400, 860)  # window size in pixels
+PLUGIN = "napari-fusion"
+
+
+def _usable(name: str) -> bool:
+    """Whether a registered method can be built here (weights installed)."""
+    from napari_fusion.methods.registry import build_runner, get_method
+
+    try:
+        get_method(name)
+        build_runner(name, device="cpu")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _first_usable(*names: str) -> str:
+    for n in names:
+        if _usable(n):
+            return n
+    raise RuntimeError(f"none of {names} is usable")
+
+
+def _viewer(key: str | None = None):
+    import napari
+
+    viewer = napari.Viewer(show=True, title="napari-fusion")
+    viewer.window.resize(*SIZE)
+    layers = list(viewer.open_sample(PLUGIN, key)) if key else []
+    return viewer, layers
+
+
+def _settle(viewer, wait: float = 0.3) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    end = time.time() + wait
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def _dock(viewer, name: str):
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return dock, widget
+
+
+def _shoot(viewer, name: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer.reset_view()
+    _settle(viewer, 0.6)
+    path = OUT / f"{name}.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"wrote {path}")
+    return path
+
+
+def _run(widget, start) -> None:
+    """Start a widget job and wait for it (inline in sync mode; a worker otherwise)."""
+    from qtpy.QtWidgets import QApplication
+
+    task = start()
+    app = QApplication.instance()
+    while widget.running:
+        app.processEvents()
+        time.sleep(0.02)
+    if task is None:
+        raise RuntimeError(f"{type(widget).__name__} refused to start")
+    if widget.progress.format() != "done":
+        raise RuntimeError(f"{type(widget).__name__}: {widget.progress.format()} {getattr(widget, 'status', None) and widget.status.text()}")
+
+
+def _fusion_method() -> str:
+    return _first_usable("gifnet", "tdfusion", "laplacian")
+
+
+# --------------------------------------------------------------------------------------------------
+def shot_fusion_ivif() -> None:
+    viewer, (ir, vi) = _viewer("ivif")
+    _, w = _dock(viewer, "Fusion")
+    w.method.select(_fusion_method())
+    _run(w, w.fuse)
+    vi.visible = False
+    _shoot(viewer, "fusion_ivif")
+    viewer.close()
+
+
+def shot_fusion_mri_pet() -> None:
+    viewer, (mri, pet) = _viewer("mri_pet")
+    _, w = _dock(viewer, "Fusion")
+    w.method.select(_fusion_method())
+    _run(w, w.fuse)
+    pet.visible = False
+    mri.visible = False
+    _shoot(viewer, "fusion_mri_pet")
+    viewer.close()
+
+
+def shot_fusion_volume() -> None:
+    viewer, (t2, t2s) = _viewer("volume")
+    _, w = _dock(viewer, "Fusion")
+    w.method.select("laplacian")
+    _run(w, w.fuse)
+    t2s.visible = False
+    t2.visible = False
+    # a sagittal plane through the middle of the cord: S vertical, P horizontal
+    viewer.dims.order = (2, 0, 1)
+    lo, hi, _ = viewer.dims.range[2]
+    viewer.dims.set_point(2, (lo + hi) / 2)
+    _shoot(viewer, "fusion_volume")
+    viewer.close()
+
+
+def _ivif_strokes(ir_data: np.ndarray, vi_data: np.ndarray) -> np.ndarray:
+    """A few strokes as a user would paint them: 1 = warm objects (hot in IR), 2 = surroundings."""
+    ir = ir_data.astype(np.float32)
+    h, w = ir.shape
+    lab = np.zeros((h, w), np.int32)
+    hot = ir > np.percentile(ir, 97)
+    cool = ir < np.percentile(ir, 40)
+    for r in range(h // 6, h - h // 6, max(h // 9, 1)):  # short horizontal strokes, 3 px thick
+        for rr in range(r, min(r + 3, h)):
+            row_hot = np.flatnonzero(hot[rr])
+            row_cool = np.flatnonzero(cool[rr])
+            lab[rr, row_hot[:40]] = 1
+            lab[rr, row_cool[::2][:60]] = 2
+    return lab
+
+
+def shot_finetune() -> dict:
+    from napari_fusion.methods.registry import ClassInfo
+    from napari_fusion.widgets._common import class_features, labels_colormap
+
+    viewer, (ir, vi) = _viewer("ivif")
+    _, w = _dock(viewer, "Fine-tune")
+    w.source_a.set_layer(ir)
+    w.source_b.set_layer(vi)
+    base = _first_usable("tdfusion", "multitaskvif")
+    w.model.select(base)
+    classes = (ClassInfo(1, "warm object", "#ff4040"), ClassInfo(2, "surroundings", "#40a0ff"))
+    strokes = viewer.add_labels(
+        _ivif_strokes(ir.data, vi.data),
+        name="strokes",
+        colormap=labels_colormap(classes),
+        features=class_features(classes),
+    )
+    w.strokes.set_layer(strokes)
+    w.steps.setValue(int(os.environ.get("SCREENSHOT_FINETUNE_STEPS", "60")))
+    t0 = time.time()
+    _run(w, w.finetune)
+    seconds = time.time() - t0
+    vi.visible = False
+    _shoot(viewer, "finetune")
+    info = {"steps": w.steps.value(), "seconds": round(seconds, 1), "losses": w.losses[-1] if w.losses else None}
+    print("fine-tune:", info)
+    viewer.close()
+    return info
+
+
+def shot_segment() -> None:
+    viewer, layers = _viewer("mri_ct")
+    _, w = _dock(viewer, "Segment")
+    seg = _first_usable("multitaskvif", "tdfusion-brats")
+    w.method.select(seg)
+    w.source_a.set_layer(layers[0])
+    w.source_b.set_layer(layers[1])
+    _run(w, w.segment)
+    for layer in layers:
+        layer.visible = False
+    _shoot(viewer, "segment")
+    viewer.close()
+
+
+def shot_evaluate() -> None:
+    viewer, (ir, vi) = _viewer("ivif")
+    _, fw = _dock(viewer, "Fusion")
+    methods = ["average", "laplacian"] + [m for m in ("tdfusion", "gifnet") if _usable(m)]
+    for m in methods:
+        fw.method.select(m)
+        _run(fw, fw.fuse)
+    viewer.window.remove_dock_widget(viewer.window.dock_widgets[f"Fusion ({PLUGIN})"]) if hasattr(
+        viewer.window, "dock_widgets"
+    ) else None
+    _, ew = _dock(viewer, "Evaluate")
+    for m in methods:
+        ew.fused.set_layer(f"{m} (ir + vi)")
+        _run(ew, ew.evaluate)
+    for layer in viewer.layers:
+        layer.visible = layer.name == f"{methods[-1]} (ir + vi)"
+    _shoot(viewer, "evaluate")
+    viewer.close()
+
+
+SHOTS = {
+    "fusion_ivif": shot_fusion_ivif,
+    "fusion_mri_pet": shot_fusion_mri_pet,
+    "fusion_volume": shot_fusion_volume,
+    "segment": shot_segment,
+    "evaluate": shot_evaluate,
+    "finetune": shot_finetune,
+}
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    torch.set_num_threads(2)
+    names = argv or list(SHOTS)
+    unknown = [n for n in names if n not in SHOTS]
+    if unknown:
+        print(f"unknown screenshot(s) {unknown}; known: {', '.join(SHOTS)}", file=sys.stderr)
+        return 2
+    failed = []
+    for n in names:
+        try:
+            SHOTS[n]()
+        except Exception as err:  # noqa: BLE001 - report and go on with the others
+            print(f"{n}: {type(err).__name__}: {err}", file=sys.stderr)
+            failed.append(n)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
