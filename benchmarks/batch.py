@@ -28,7 +28,7 @@ import numpy as np
 
 from _common import RESULTS, environment, markdown_table, print_flush, write_csv, write_text
 
-HEADERS = ["method", "workers", "pairs", "fused", "failed", "wall_s", "batch_s", "pairs_per_s_wall", "pairs_per_s_batch", "identical"]
+HEADERS = ["method", "workers", "pairs", "fused", "failed", "wall_s", "batch_s", "cluster_start_s", "pairs_per_s_wall", "pairs_per_s_jobs", "identical"]
 
 
 def make_folders(root: Path, n: int) -> str:
@@ -54,7 +54,7 @@ def make_folders(root: Path, n: int) -> str:
     return f"synthetic ({n} pairs, 640x480 gray + RGB noise)"
 
 
-def run_cli(a: Path, b: Path, out: Path, method: str, workers: int) -> tuple[float, float | None, str]:
+def run_cli(a: Path, b: Path, out: Path, method: str, workers: int) -> tuple[float, float | None, float, str]:
     cmd = [sys.executable, "-m", "napari_fusion.cli", "fuse", str(a), str(b), "--out", str(out), "-m", method, "--device", "cpu"]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -63,7 +63,8 @@ def run_cli(a: Path, b: Path, out: Path, method: str, workers: int) -> tuple[flo
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     m = re.search(r"(\d+) fused, (\d+) skipped.*?, (\d+) failed in ([0-9.]+) s", proc.stdout)
-    return wall, float(m.group(4)) if m else None, proc.stdout + proc.stderr[-2000:]
+    st = re.search(r"cluster start ([0-9.]+) s", proc.stdout)
+    return wall, float(m.group(4)) if m else None, float(st.group(1)) if st else 0.0, proc.stdout + proc.stderr[-2000:]
 
 
 def main(argv=None) -> int:
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         ref_dir = None
         for w in args.workers:
             out = tmp / f"out{w}"
-            wall, batch_s, log = run_cli(tmp / "A", tmp / "B", out, args.method, w)
+            wall, batch_s, start_s, log = run_cli(tmp / "A", tmp / "B", out, args.method, w)
             files = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
             m = re.search(r"(\d+) fused, (\d+) skipped.*?, (\d+) failed", log)
             fused, failed = (int(m.group(1)), int(m.group(3))) if m else (0, args.pairs)
@@ -91,15 +92,17 @@ def main(argv=None) -> int:
                 same = all(filecmp.cmp(ref_dir / f, out / f, shallow=False) for f in files) and files == sorted(p.name for p in ref_dir.iterdir())
                 identical = "yes" if same else "NO"
             label = "in-process" if w == 0 else f"{w} (Dask local)"
-            rows.append([args.method, label, args.pairs, fused, failed, wall, batch_s, args.pairs / wall, (args.pairs / batch_s) if batch_s else None, identical])
-            print_flush(f"  workers {label:15s}: wall {wall:6.1f} s, batch {batch_s or float('nan'):6.1f} s, "
-                        f"{args.pairs / wall:5.2f} pairs/s (wall), identical: {identical}")
+            jobs_s = (batch_s - start_s) if batch_s else None
+            rows.append([args.method, label, args.pairs, fused, failed, wall, batch_s, start_s, args.pairs / wall,
+                         (args.pairs / jobs_s) if jobs_s else None, identical])
+            print_flush(f"  workers {label:15s}: wall {wall:6.1f} s, batch {batch_s or float('nan'):6.1f} s "
+                        f"(cluster start {start_s:.1f} s), {args.pairs / wall:5.2f} pairs/s (wall), identical: {identical}")
             if not m:
                 print_flush(log)
     write_csv(args.out + ".csv", HEADERS, rows)
     table = markdown_table(
-        ["method", "workers", "pairs", "fused", "failed", "wall s", "batch s", "pairs/s (wall)", "pairs/s (batch)", "same files as in-process"],
-        rows, digits=[0, 0, 0, 0, 0, 1, 1, 2, 2, 0],
+        ["method", "workers", "pairs", "fused", "failed", "wall s", "batch s", "cluster start s", "pairs/s (wall)", "pairs/s (jobs)", "same files as in-process"],
+        rows, digits=[0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 0],
     )
     text = f"""# Batch: pairs per second of `napari-fusion fuse`
 
@@ -107,11 +110,15 @@ Written by `python benchmarks/batch.py {' '.join(argv or sys.argv[1:])}`; do not
 Measured: {environment('cpu')}; CPU cores here: {os.cpu_count()}.
 Pairs: {source}. Each row is one fresh `napari-fusion fuse A B --out OUT -m {args.method} [--workers N]`
 into an empty folder. wall = the whole command (Python start, imports, cluster start); batch = the
-time in its summary line (reading, fusing, writing all pairs). Workers are Dask local processes
-with one thread each; the output files are compared byte for byte with the in-process run.
+time in its summary line; cluster start = the part of it spent starting the Dask cluster and
+loading the registry on its workers; pairs/s (jobs) = pairs / (batch - cluster start): reading,
+fusing and writing. Workers are Dask local processes with one thread each; the output files are
+compared byte for byte with the in-process run.
 
 {table}
 """
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    text = text.replace("\nMeasured: ", f"\nLoad average when it finished (1/5/15 min): {load} (a shared machine).\nMeasured: ", 1)
     write_text(args.out + ".md", text)
     print_flush(table)
     return 0

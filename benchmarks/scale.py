@@ -209,6 +209,8 @@ including memory-mapped file pages (page cache the kernel can drop). Each row ra
 
 {table}
 """
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    text = text.replace("\nMeasured: ", f"\nLoad average when it finished (1/5/15 min): {load} (a shared machine).\nMeasured: ", 1)
     write_text(args.out + ".md", text)
     print_flush(table)
     return 0

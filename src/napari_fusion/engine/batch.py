@@ -85,6 +85,7 @@ class BatchReport:
 
     outcomes: list[PairOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # Dask: cluster start and worker imports, included in ``seconds``
 
     def _with(self, status: str) -> list[PairOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -107,9 +108,10 @@ class BatchReport:
 
     def summary(self) -> str:
         """A few lines: counts, then one line per failure."""
+        start = f" (cluster start {self.startup_seconds:.1f} s)" if self.startup_seconds else ""
         lines = [
             f"{len(self.done)} fused, {len(self.skipped)} skipped (already done), {len(self.failed)} failed "
-            f"in {self.seconds:.1f} s"
+            f"in {self.seconds:.1f} s{start}"
         ]
         for o in self.failed:
             tries = f" (after {o.attempts} attempts)" if o.attempts > 1 else ""
@@ -274,8 +276,10 @@ def run_jobs(
     ``fn`` must be picklable for process workers (a module-level function or a ``functools.partial``).
     """
     t0 = time.perf_counter()
+    startup = [0.0]
     if scheduler or workers:
-        outcomes = _run_dask(jobs, fn, workers=workers, scheduler=scheduler, retries=retries, processes=processes, progress=progress)
+        outcomes = _run_dask(jobs, fn, workers=workers, scheduler=scheduler, retries=retries, processes=processes,
+                             progress=progress, startup=startup)
     else:
         outcomes = []
         for job in jobs:
@@ -283,7 +287,7 @@ def run_jobs(
             outcomes.append(o)
             if progress is not None:
                 progress(o)
-    return BatchReport(outcomes, time.perf_counter() - t0)
+    return BatchReport(outcomes, time.perf_counter() - t0, startup[0])
 
 
 def _attempt_local(job: BatchJob, fn: Callable[[BatchJob], PairOutcome], retries: int) -> PairOutcome:
@@ -299,6 +303,13 @@ def _attempt_local(job: BatchJob, fn: Callable[[BatchJob], PairOutcome], retries
             if attempt <= retries and is_retryable(err):
                 continue
             return PairOutcome(job.name, "failed", job.out, _describe_error(err), time.perf_counter() - t0, attempt)
+
+
+def _warm_worker() -> int:
+    """Load the method registry (torch and the learned families) on a worker."""
+    from ..methods.registry import list_methods
+
+    return len(list_methods())
 
 
 def _guarded(fn: Callable[[BatchJob], PairOutcome], job: BatchJob) -> PairOutcome:
@@ -321,9 +332,11 @@ def _run_dask(
     retries: int,
     processes: bool,
     progress: Callable[[PairOutcome], Any] | None,
+    startup: list[float] | None = None,
 ) -> list[PairOutcome]:
     from distributed import Client, LocalCluster, as_completed
 
+    t0 = time.perf_counter()
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -334,6 +347,9 @@ def _run_dask(
         client = Client(cluster)
     tag = uuid.uuid4().hex[:8]
     try:
+        client.run(_warm_worker)  # imports and the registry once per worker, before the clock of the jobs
+        if startup is not None:
+            startup[0] = time.perf_counter() - t0
         futures = {}
         submitted = []
         for i, job in enumerate(jobs):
