@@ -242,3 +242,50 @@ def test_fuse_large_cli_to_zarr(tmp_path, capsys):
     assert rc == 0
     lv = open_lazy(tmp_path / "o.zarr")
     np.testing.assert_array_equal(np.asarray(lv[0]), np.maximum(a, b))
+
+
+# ------------------------------------------------------------------------- real / shipped files
+def test_fuse_pan_ms_sample_keeps_bands_and_georeferencing(tmp_path, capsys):
+    from napari_fusion.io import read_image
+    from napari_fusion.samples import SAMPLES_DIR
+
+    rc = main(["fuse", str(SAMPLES_DIR / "pan_ms"), "-m", "laplacian", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr()
+    out = read_image(tmp_path / "Landsat8_LC80200392015216.tif")
+    pan = read_image(SAMPLES_DIR / "pan_ms/Landsat8_LC80200392015216/pan.tif")
+    assert out.data.shape == (3, 256, 256) and out.data.dtype == np.uint16 and out.channel_axis == 0
+    np.testing.assert_allclose(out.grid.affine, pan.grid.affine)
+    assert out.meta.get("raster_type") == pan.meta.get("raster_type")
+
+
+def test_fuse_two_volume_files_writes_nifti_on_a_grid(tmp_path, capsys):
+    from napari_fusion.io import read_image
+    from napari_fusion.samples import sample_paths
+
+    pa, pb = sample_paths("volume")
+    rc = main(["fuse", str(pa), str(pb), "-m", "average", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr()
+    out = read_image(tmp_path / "t2.nii.gz")
+    a = read_image(pa)
+    assert out.data.shape == a.data.shape
+    np.testing.assert_allclose(out.grid.affine, a.grid.affine, atol=1e-4)
+
+
+needs_shared = pytest.mark.skipif(
+    __import__("napari_fusion.training.data", fromlist=["shared_data_dir"]).shared_data_dir() is None,
+    reason="needs ../shared/data",
+)
+
+
+@needs_shared
+def test_real_mri_ct_folder_and_evaluate(tmp_path, capsys):
+    from napari_fusion.training.data import shared_data_dir
+
+    root = shared_data_dir() / "medical" / "MRI_CT"
+    assert main(["fuse", str(root), "-m", "max", "--out", str(tmp_path / "f")]) == 0
+    files = sorted((tmp_path / "f").iterdir())
+    assert len(files) == len(list((root / "MRI").iterdir()))
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "MRI"), str(root / "CT"), str(tmp_path / "f"), "--csv", str(tmp_path / "m.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert rows[-1]["image"] == "mean" and float(rows[-1]["SD"]) > 30
