@@ -88,6 +88,14 @@ def test_dask_cluster_writes_the_same_bytes_as_the_plain_run(folders):
     for f in sorted((out / "plain").iterdir()):
         assert f.read_bytes() == (out / "dask" / f.name).read_bytes()
     assert {o.error for o in plain.failed} == {o.error for o in dask.failed}
+    # an existing cluster, reached through its scheduler address (--scheduler)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        remote = fuse_folder(a, b, out / "remote", "laplacian", scheduler=cluster.scheduler_address)
+    assert len(remote.done) == 3
+    for f in sorted((out / "plain").iterdir()):
+        assert f.read_bytes() == (out / "remote" / f.name).read_bytes()
 
 
 def test_transient_failures_are_retried_bad_input_is_not(tmp_path):
