@@ -135,19 +135,20 @@ def shot_fusion_volume() -> None:
     viewer.close()
 
 
-def _ivif_strokes(ir_data: np.ndarray, vi_data: np.ndarray) -> np.ndarray:
-    """A few strokes as a user would paint them: 1 = warm objects (hot in IR), 2 = surroundings."""
-    ir = ir_data.astype(np.float32)
-    h, w = ir.shape
-    lab = np.zeros((h, w), np.int32)
-    hot = ir > np.percentile(ir, 97)
-    cool = ir < np.percentile(ir, 40)
-    for r in range(h // 6, h - h // 6, max(h // 9, 1)):  # short horizontal strokes, 3 px thick
-        for rr in range(r, min(r + 3, h)):
-            row_hot = np.flatnonzero(hot[rr])
-            row_cool = np.flatnonzero(cool[rr])
-            lab[rr, row_hot[:40]] = 1
-            lab[rr, row_cool[::2][:60]] = 2
+# Strokes a user could paint on the RoadScene sample FLIR_00211 (301x496): (class, row, col0, col1).
+IVIF_STROKES = (
+    (1, 168, 270, 326), (1, 182, 268, 330), (1, 196, 272, 326), (1, 172, 35, 85),  # the two cars
+    (2, 232, 40, 460), (2, 268, 90, 420), (2, 210, 120, 230), (2, 214, 360, 470),  # road
+    (3, 35, 20, 470), (3, 105, 120, 250), (3, 118, 350, 470), (3, 70, 250, 480),  # sky and trees
+)
+IVIF_CLASSES = (("car", "#ff3b30"), ("road", "#8e8e93"), ("sky & trees", "#34c759"))
+
+
+def _ivif_strokes(shape: tuple[int, int]) -> np.ndarray:
+    """Horizontal strokes, 2 px thick, of three classes: ~2% of the pixels painted."""
+    lab = np.zeros(shape, np.int32)
+    for c, r, c0, c1 in IVIF_STROKES:
+        lab[r : r + 2, c0:c1] = c
     return lab
 
 
@@ -161,9 +162,9 @@ def shot_finetune() -> dict:
     w.source_b.set_layer(vi)
     base = _first_usable("tdfusion", "multitaskvif")
     w.model.select(base)
-    classes = (ClassInfo(1, "warm object", "#ff4040"), ClassInfo(2, "surroundings", "#40a0ff"))
+    classes = tuple(ClassInfo(i + 1, n, c) for i, (n, c) in enumerate(IVIF_CLASSES))
     strokes = viewer.add_labels(
-        _ivif_strokes(ir.data, vi.data),
+        _ivif_strokes(ir.data.shape),
         name="strokes",
         colormap=labels_colormap(classes),
         features=class_features(classes),
@@ -228,7 +229,7 @@ SHOTS = {
 def main(argv: list[str]) -> int:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SCREENSHOT_THREADS", "1")))
     names = argv or list(SHOTS)
     unknown = [n for n in names if n not in SHOTS]
     if unknown:

@@ -571,6 +571,7 @@ class FinetuneWidget(QWidget):
             i = [x.name for x in self.viewer.layers].index(strokes.name)
             if i != len(self.viewer.layers) - 1:
                 self.viewer.layers.move(i, len(self.viewer.layers))
+            self.viewer.layers.selection.active = self.viewer.layers[strokes.name]
 
 
 def _segments(runner) -> bool:
