@@ -182,16 +182,39 @@ def shot_finetune() -> dict:
     return info
 
 
+def _tcga_glioma() -> tuple[Path, Path] | None:
+    """FLAIR and T1c of TCGA-FG-6692 (TCGA-LGG, TCIA, CC BY 3.0) in the shared data folder, if present."""
+    from napari_fusion.training.data import shared_data_dir
+
+    root = shared_data_dir()
+    case = root / "volumes" / "TCGA-FG-6692" if root else None
+    if case is None or not (case / "flair.nii.gz").is_file():
+        return None
+    return case / "flair.nii.gz", case / "t1c.nii.gz"
+
+
 def shot_segment() -> None:
-    viewer, layers = _viewer("mri_ct")
-    _, w = _dock(viewer, "Segment")
+    """The tumour segmenter on a glioma case (FLAIR + T1c on different grids) when the shared data
+    is here; else on the shipped MRI/CT slice (a healthy brain: not what the model was trained for)."""
     seg = _first_usable("multitaskvif", "tdfusion-brats")
+    pair = _tcga_glioma()
+    if pair is not None:
+        viewer, _ = _viewer(None)
+        layers = [viewer.open(str(p), plugin=PLUGIN)[0] for p in pair]
+        layers[0].name, layers[1].name = "FLAIR", "T1c"
+    else:
+        viewer, layers = _viewer("mri_ct")
+    _, w = _dock(viewer, "Segment")
     w.method.select(seg)
     w.source_a.set_layer(layers[0])
     w.source_b.set_layer(layers[1])
     _run(w, w.segment)
     for layer in layers:
         layer.visible = False
+    lab = viewer.layers[f"{seg} labels"]
+    if lab.ndim == 3:  # show the slice with the most tumour
+        z = int(np.argmax((np.asarray(lab.data) > 0).reshape(lab.data.shape[0], -1).sum(1)))
+        viewer.dims.set_point(0, lab.data_to_world((z, 0, 0))[0])
     _shoot(viewer, "segment")
     viewer.close()
 

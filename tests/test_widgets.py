@@ -302,10 +302,15 @@ def test_pan_ms_band_layers_fuse_as_one_multiband_source(make_napari_viewer, qtb
 def test_enhance_button_tracks_gifnet_availability(ivif, qtbot):
     viewer, ir, vi = ivif
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Fusion")
+    from napari_fusion.widgets._common import missing_weights
+
     try:
-        get_method("gifnet")
+        usable = missing_weights(get_method("gifnet")) is None
     except KeyError:
+        usable = False
+    if not usable:
         assert not w.enhance_button.isEnabled()
+        assert "gifnet" in w.enhance_button.toolTip()
         return
     assert w.enhance_button.isEnabled()
     w.source_a.set_layer("vi")
@@ -376,6 +381,40 @@ def test_segment_single_image(ivif, qtbot):
     lab = viewer.layers["threshold labels"]
     u = ir.data.astype(np.float32) / 255.0
     np.testing.assert_array_equal(lab.data, np.where(u > 0.6, 1, 0))  # A == B == ir: class 1 only
+
+
+def test_segment_with_the_shipped_brats_model(make_napari_viewer, qtbot, sample_layers):
+    """The real segmenter: the model's own class names and colours reach the Labels layer."""
+    from napari_fusion.methods.registry import build_runner
+
+    try:
+        runner = build_runner("tdfusion-brats", device="cpu")
+    except FileNotFoundError:
+        pytest.skip("tdfusion-brats weights are not installed in this build")
+    viewer = make_napari_viewer()
+    mri, ct = sample_layers(viewer, "mri_ct")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert w.method.select("tdfusion-brats")
+    w.source_a.set_layer(mri)
+    w.source_b.set_layer(ct)
+    w.segment()
+    _wait_done(qtbot, w)
+    lab = viewer.layers["tdfusion-brats labels"]
+    assert lab.data.shape == mri.data.shape[:2]
+    ref = fuse_arrays(mri.data, ct.data, "tdfusion-brats", grid_a=grid_of_layer(mri), grid_b=grid_of_layer(ct))
+    np.testing.assert_array_equal(lab.data, ref.labels)
+    for c in runner.classes:
+        if c.index:
+            want = [int(c.color[i : i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0]
+            np.testing.assert_allclose(lab.colormap.map(np.array([c.index]))[0], want, atol=1e-6)
+    names = dict(zip(lab.features["index"], lab.features["class"]))
+    assert all(names[c.index] == c.name for c in runner.classes)
+
+
+def grid_of_layer(layer):
+    from napari_fusion.widgets._common import grid_of
+
+    return grid_of(layer)
 
 
 # --------------------------------------------------------------------------------------------------

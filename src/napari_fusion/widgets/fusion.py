@@ -22,6 +22,7 @@ from ._common import (
     labels_layer_name,
     layer_array,
     notify_error,
+    missing_weights,
     place_bands,
     place_image,
     place_labels,
@@ -105,13 +106,17 @@ class FusionWidget(QWidget):
         return not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a)
 
     def _check_enhance(self) -> None:
-        try:
-            from ..methods.registry import get_method
+        from ..methods.registry import get_method
 
-            get_method(ENHANCE_METHOD)
-        except Exception:  # noqa: BLE001
+        try:
+            missing = missing_weights(get_method(ENHANCE_METHOD))
+        except KeyError:
             self.enhance_button.setEnabled(False)
-            self.enhance_button.setToolTip(f"{ENHANCE_METHOD} is not available in this installation")
+            self.enhance_button.setToolTip(f"{ENHANCE_METHOD} is not part of this installation")
+            return
+        if missing is not None:
+            self.enhance_button.setEnabled(False)
+            self.enhance_button.setToolTip(f"{ENHANCE_METHOD} weights are not installed ({missing.name})")
 
     def _pick_default_pair(self) -> None:
         """Start with the two bottom-most image layers (the order samples and readers add them)."""
