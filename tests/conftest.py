@@ -6,12 +6,13 @@ plugin and pytest-xvfb provides the display.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-# Tests never grab a GPU (CI has none; a shared workstation's GPU is not ours) and stay on 2 threads.
-os.environ.setdefault("NAPARI_FUSION_DEVICE", "cpu")
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Pin the device choice "auto" to the CPU for one test (``NAPARI_FUSION_DEVICE=cpu``)."""
+    monkeypatch.setenv("NAPARI_FUSION_DEVICE", "cpu")
 
 
 @pytest.fixture

@@ -84,6 +84,11 @@ class OnePassSegmenter(ThresholdSegmenter):
 
 
 @pytest.fixture(autouse=True)
+def _cpu(cpu_only):
+    """GUI tests run on the CPU, as in CI: "auto" in the Device combo means CPU here."""
+
+
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
     """One torch thread in these tests: on a busy 2-core machine, OpenMP threads fighting the GUI
     thread and other processes made a 3-step fine-tune ~10x slower."""

@@ -498,7 +498,10 @@ class FinetuneWidget(QWidget):
                 self.progress.setRange(0, max(total, 1))
                 self.progress.setValue(min(step, total))
                 self.progress.setFormat("fine-tuning step %v/%m")
-                self.loss.setText(f"task loss {p.task_loss:.4f}   fusion loss {p.fusion_loss:.4f}")
+                secs = float(getattr(p, "seconds", 0.0) or 0.0)
+                self.loss.setText(
+                    f"task loss {p.task_loss:.4f}   fusion loss {p.fusion_loss:.4f}" + (f"   {secs:.0f} s" if secs else "")
+                )
             else:
                 self.progress.show_progress(p)
 
