@@ -53,6 +53,7 @@ __all__ = [
     "result_kind",
     "unwrap",
     "same_layer",
+    "pick_default_pair",
 ]
 
 SYNC_ENV = "NAPARI_FUSION_SYNC"
@@ -287,7 +288,8 @@ def band_groups(viewer) -> list[BandGroup]:
     for members in groups.values():
         if len(members) < 2:
             continue
-        prefix = os.path.commonprefix([m.name for m in members]).strip()
+        words = [m.name.split() for m in members]
+        prefix = " ".join(os.path.commonprefix(words)).strip()  # whole words: "ms B2 blue" -> "ms"
         out.append(BandGroup(prefix or members[0].name, members))
     return out
 
@@ -710,6 +712,22 @@ class LayerCombo(QComboBox):
             return False
         self.setCurrentIndex(i)
         return True
+
+
+def pick_default_pair(combo_a: LayerCombo, combo_b: LayerCombo) -> None:
+    """Preselect a likely pair: A = the bottom-most image (readers and samples add A first), B = the
+    next one up, or a multispectral band group when there is one (pan-sharpening)."""
+    cands = combo_a.candidates()
+    if len(cands) < 2:
+        return
+    combo_a.set_layer(cands[-1])
+    combo_b.refresh()
+    others = [c for c in combo_b.candidates() if not same_layer(c, cands[-1])]
+    groups = [c for c in others if isinstance(c, BandGroup)]
+    if groups:
+        combo_b.set_layer(groups[0])
+    elif others:
+        combo_b.set_layer(others[-1])
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ._common import (
     layer_array,
     notify_error,
     notify_info,
+    pick_default_pair,
     place_image,
     place_labels,
     result_kind,
@@ -142,8 +143,9 @@ class FinetuneWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        strokes_row = QHBoxLayout()
-        strokes_row.addWidget(self.strokes, 1)
+        strokes_row = QVBoxLayout()
+        strokes_row.setSpacing(2)
+        strokes_row.addWidget(self.strokes)
         strokes_row.addWidget(self.new_strokes_button)
         form = QFormLayout()
         form.addRow("Source A", self.source_a)
@@ -179,6 +181,7 @@ class FinetuneWidget(QWidget):
         self.new_strokes_button.clicked.connect(self.new_strokes_layer)
         self.model.changed.connect(self._update_buttons)
         self._update_buttons()
+        pick_default_pair(self.source_a, self.source_b)
 
     # ---------------------------------------------------------------------------------------------
     def _b_compatible(self, layer) -> bool:

@@ -23,6 +23,7 @@ from ._common import (
     layer_array,
     notify_error,
     missing_weights,
+    pick_default_pair,
     place_bands,
     place_image,
     place_labels,
@@ -96,7 +97,7 @@ class FusionWidget(QWidget):
         self.enhance_button.clicked.connect(self.enhance)
         self.cancel_button.clicked.connect(self.cancel)
         self._check_enhance()
-        self._pick_default_pair()
+        pick_default_pair(self.source_a, self.source_b)
 
     # ---------------------------------------------------------------------------------------------
     def _b_compatible(self, layer) -> bool:
@@ -117,16 +118,6 @@ class FusionWidget(QWidget):
         if missing is not None:
             self.enhance_button.setEnabled(False)
             self.enhance_button.setToolTip(f"{ENHANCE_METHOD} weights are not installed ({missing.name})")
-
-    def _pick_default_pair(self) -> None:
-        """Start with the two bottom-most image layers (the order samples and readers add them)."""
-        cands = self.source_a.candidates()
-        if len(cands) >= 2:
-            self.source_a.set_layer(cands[-1])
-            self.source_b.refresh()
-            others = [c for c in self.source_b.candidates() if not same_layer(c, cands[-1])]
-            if others:
-                self.source_b.set_layer(others[-1])
 
     def _set_running(self, running: bool) -> None:
         self.fuse_button.setEnabled(not running)

@@ -20,6 +20,7 @@ from ._common import (
     labels_layer_name,
     layer_array,
     notify_error,
+    pick_default_pair,
     place_image,
     place_labels,
     result_kind,
@@ -97,6 +98,7 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.method.changed.connect(self._show_legend)
         self._show_legend()
+        pick_default_pair(self.source_a, self.source_b)
         if not self.method.label():
             self.segment_button.setEnabled(False)
             self.status.setText("no segmenting method is installed")
