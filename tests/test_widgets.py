@@ -379,7 +379,8 @@ def test_segment_single_image(ivif, qtbot):
     _shelve(viewer, "threshold", ThresholdSegmenter())
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     w.method.select("threshold")
-    w.source_a.setCurrentIndex(0)  # (none)
+    w.source_a.setCurrentIndex(0)  # (none): segment one image
+    w.source_b.setCurrentIndex(0)
     w.image.set_layer("ir")
     w.segment()
     _wait_done(qtbot, w)
