@@ -37,7 +37,7 @@ from ._common import (
     spatial_shape,
 )
 
-__all__ = ["EvaluateWidget", "FUSION_METRICS", "evaluate_layers"]
+__all__ = ["EvaluateWidget", "FUSION_METRICS", "evaluate_layers", "gather_inputs", "score"]
 
 FUSION_METRICS = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM", "SCD")
 _EXTRA_TIPS = {
@@ -66,9 +66,42 @@ def _class_names(layer) -> list[str] | None:
     return [names.get(i, str(i)) for i in range(max(names) + 1)]
 
 
-def evaluate_layers(fused, a, b, prediction=None, truth=None) -> dict[str, float]:
-    """Metrics of a fused layer against sources A and B, and IoU/Dice of ``prediction`` against
-    ``truth`` when both are given.
+def _shape_text(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def gather_inputs(fused, a, b, prediction=None, truth=None) -> dict:
+    """Everything the metrics need from the layers (read on the GUI thread): arrays, the engine's
+    source keywords, names and class names; checked for matching shapes."""
+    if spatial_shape(fused) != spatial_shape(a):
+        raise ValueError(
+            f"fused layer {fused.name!r} is {_shape_text(spatial_shape(fused))} but source A {a.name!r} "
+            f"is {_shape_text(spatial_shape(a))}; evaluate a fused image against the sources it came from"
+        )
+    out = dict(
+        fused=layer_array(fused),
+        fused_rgb=bool(getattr(fused, "rgb", False)),
+        a=layer_array(a),
+        b=layer_array(b),
+        source_kw={**source_kwargs(a, "a"), **source_kwargs(b, "b")},
+        names=(a.name, b.name),
+        pred=None,
+        truth=None,
+        class_names=None,
+    )
+    if prediction is not None and truth is not None:
+        pred, gt = np.asarray(layer_array(prediction)), np.asarray(layer_array(truth))
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"prediction {prediction.name!r} is {_shape_text(pred.shape)} but ground truth "
+                f"{truth.name!r} is {_shape_text(gt.shape)}"
+            )
+        out.update(pred=pred, truth=gt, class_names=_class_names(prediction) or _class_names(truth))
+    return out
+
+
+def score(inputs: dict) -> dict[str, float]:
+    """Fusion metrics (and segmentation metrics when labels are given) of :func:`gather_inputs`.
 
     The sources go through the fusion path's own preparation (``engine.pipeline.prepare_pair``: B
     brought onto A's grid, colour to BT.601 Y, each source's intensity mapping), and the fused image,
@@ -80,15 +113,9 @@ def evaluate_layers(fused, a, b, prediction=None, truth=None) -> dict[str, float
     from ..engine.pipeline import prepare_pair
     from ..metrics import fusion_metrics, segmentation_metrics
 
-    if spatial_shape(fused) != spatial_shape(a):
-        raise ValueError(
-            f"fused layer {fused.name!r} is {'x'.join(map(str, spatial_shape(fused)))} but source A {a.name!r} "
-            f"is {'x'.join(map(str, spatial_shape(a)))}; evaluate a fused image against the sources it came from"
-        )
-    prep = prepare_pair(layer_array(a), layer_array(b), **source_kwargs(a, "a"), **source_kwargs(b, "b"))
-    xf = np.asarray(layer_array(fused))
-    uf, _ = to_unit(xf, prep.intensity)
-    if getattr(fused, "rgb", False):
+    prep = prepare_pair(inputs["a"], inputs["b"], **inputs["source_kw"])
+    uf, _ = to_unit(np.asarray(inputs["fused"]), prep.intensity)
+    if inputs["fused_rgb"]:
         uf = rgb_to_ycbcr(uf)[..., 0]
     elif uf.ndim == prep.a.ndim + 1:  # a stack of fused bands: its intensity
         uf = uf.mean(axis=0)
@@ -98,24 +125,26 @@ def evaluate_layers(fused, a, b, prediction=None, truth=None) -> dict[str, float
     if ya.ndim == 3:
         per = [fusion_metrics(yf[z], ya[z], yb[z]) for z in range(ya.shape[0]) if ya[z].std() > 0 or yb[z].std() > 0]
         if not per:
-            raise ValueError(f"source A {a.name!r} and source B {b.name!r} are constant: nothing to evaluate")
+            na, nb = inputs["names"]
+            raise ValueError(f"source A {na!r} and source B {nb!r} are constant: nothing to evaluate")
         out.update({k: float(np.mean([p[k] for p in per])) for k in per[0]})
     else:
         out.update({k: float(v) for k, v in fusion_metrics(yf, ya, yb).items()})
-    if prediction is not None and truth is not None:
-        pred, gt = np.asarray(layer_array(prediction)), np.asarray(layer_array(truth))
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"prediction {prediction.name!r} is {'x'.join(map(str, pred.shape))} but ground truth "
-                f"{truth.name!r} is {'x'.join(map(str, gt.shape))}"
-            )
+    pred, gt = inputs["pred"], inputs["truth"]
+    if pred is not None and gt is not None:
         n = int(max(pred.max(initial=0), gt.max(initial=0))) + 1
-        names = _class_names(prediction) or _class_names(truth)
+        names = inputs["class_names"]
         if names is not None and len(names) < n:
             names = names + [str(i) for i in range(len(names), n)]
         seg = segmentation_metrics(pred, gt, n_classes=max(n, len(names or ())), class_names=names)
         out.update({k: float(v) for k, v in seg.items()})
     return out
+
+
+def evaluate_layers(fused, a, b, prediction=None, truth=None) -> dict[str, float]:
+    """Metrics of a fused layer against sources A and B, and IoU/Dice of ``prediction`` against
+    ``truth`` when both are given (see :func:`score`)."""
+    return score(gather_inputs(fused, a, b, prediction, truth))
 
 
 class EvaluateWidget(QWidget):
@@ -207,10 +236,15 @@ class EvaluateWidget(QWidget):
             notify_error("Evaluate: segmentation metrics need both a prediction and a ground-truth Labels layer")
             return None
         column = fused.name
+        try:
+            inputs = gather_inputs(fused, a, b, pred, truth)
+        except Exception as err:  # noqa: BLE001
+            notify_error(f"Evaluation of {fused.name!r}: {error_text(err)}")
+            return None
 
         def job():
             yield None  # one step: lets a Cancel before the metrics start take effect
-            return evaluate_layers(fused, a, b, pred, truth)
+            return score(inputs)
 
         def returned(metrics):
             self.results[column] = metrics

@@ -269,14 +269,6 @@ class FinetuneWidget(QWidget):
             return None, None
         return data.astype(np.int64, copy=True), layer
 
-    def _base_runner(self, device: str):
-        entry = self.current_entry()
-        if entry is not None:
-            return entry.runner
-        from ..methods.registry import build_runner
-
-        return build_runner(self.model.label(), device=device)
-
     # ---------------------------------------------------------------------------------------------
     def finetune(self) -> Task | None:
         """Fine-tune the chosen model on the painted strokes; returns the job (None if refused)."""
@@ -301,6 +293,8 @@ class FinetuneWidget(QWidget):
         device_choice = self.device.device()
         xa, xb = layer_array(a), layer_array(b)
         n_painted = int(np.count_nonzero(labels))
+        entry = self.current_entry()  # read the widgets here, on the GUI thread
+        base_runner = entry.runner if entry is not None else None
 
         def job():
             from ..engine.device import resolve_device
@@ -310,7 +304,12 @@ class FinetuneWidget(QWidget):
             device = resolve_device(device_choice)
             prep = prepare_pair(xa, xb, **src_kw)
             ua, ub = prep.a, prep.b
-            base = self._base_runner(device)
+            if base_runner is not None:
+                base = base_runner
+            else:
+                from ..methods.registry import build_runner
+
+                base = build_runner(base_label, device=device)
             tuned = yield from finetune_steps(
                 base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device, **extra
             )
