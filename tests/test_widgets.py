@@ -615,6 +615,9 @@ def test_finetune_from_strokes_updates_layers_in_place_save_and_load(ivif, qtbot
     assert not np.array_equal(fused.data, before)
     lab = viewer.layers["base tuned labels"]
     assert set(np.unique(lab.data)) <= {1, 2}
+    strokes = viewer.layers["strokes"]
+    for v in (1, 2):  # the classes keep the colours the user painted them with
+        np.testing.assert_allclose(lab.colormap.map(np.array([v]))[0][:3], strokes.colormap.map(np.array([v]))[0][:3], atol=1 / 255)
     assert len(viewer.layers) == n + 1
     assert viewer.layers[-1].name == "strokes"
     assert w.model.label() == "base tuned"

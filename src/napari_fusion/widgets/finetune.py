@@ -74,6 +74,32 @@ def _painted_class_names(layer) -> dict[int, str] | None:
     return {int(i): str(n) for i, n in zip(feats["index"], feats[col]) if int(i) != 0}
 
 
+def _painted_colors(layer, values) -> dict[int, str]:
+    """The colours the user saw while painting each value (``#rrggbb``), so the tuned model's
+    classes keep them."""
+    out = {}
+    for v in values:
+        try:
+            rgba = np.asarray(layer.colormap.map(np.array([int(v)])), dtype=float).reshape(-1)[:3]
+        except Exception:  # noqa: BLE001 - an exotic colormap: keep the model's colours
+            return {}
+        out[int(v)] = "#" + "".join(f"{int(round(min(max(c, 0.0), 1.0) * 255)):02x}" for c in rgba)
+    return out
+
+
+def _recolor(runner, colors: dict[int, str]) -> None:
+    """Give a (new, widget-owned) runner's classes the painted colours."""
+    classes = tuple(getattr(runner, "classes", None) or ())
+    if not classes or not colors:
+        return
+    from ..methods.registry import ClassInfo
+
+    try:
+        runner.classes = tuple(ClassInfo(c.index, c.name, colors.get(int(c.index), c.color)) for c in classes)
+    except AttributeError:  # read-only classes: keep the model's colours
+        pass
+
+
 def _painted_background(layer) -> int | None:
     """The painted value a user named "background" (trains the model's class 0), if any."""
     names = _painted_class_names(layer) or {}
@@ -295,6 +321,8 @@ class FinetuneWidget(QWidget):
         n_painted = int(np.count_nonzero(labels))
         entry = self.current_entry()  # read the widgets here, on the GUI thread
         base_runner = entry.runner if entry is not None else None
+        painted = sorted(int(v) for v in np.unique(labels) if v > 0 and v != background)
+        colors = _painted_colors(strokes_layer, painted)
 
         def job():
             from ..engine.device import resolve_device
@@ -313,6 +341,7 @@ class FinetuneWidget(QWidget):
             tuned = yield from finetune_steps(
                 base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device, **extra
             )
+            _recolor(tuned, colors)
             result = yield from fuse_steps(xa, xb, tuned, device=device, segment=_segments(tuned), **src_kw)
             return tuned, result
 
