@@ -1,0 +1,388 @@
+"""MultiTaskVIF (after Zhao, Howes and Zhang 2025): one network, fused image and segmentation in one pass.
+
+The paper ("Segmentation-oriented visible and infrared image fusion via multi-task learning") has no
+public code; this is our reading of its idea: a *shared encoder* sees both sources, a *multi-task
+head* (MTH) decoder shares its coarse stages between the two tasks and splits into two paths at full
+resolution, one giving the fused image and one the segmentation logits. Both are trained jointly end
+to end (fusion loss + segmentation loss, :mod:`napari_fusion.training.multitask`), so no separate
+segmentation model runs at inference.
+
+:class:`MultiTaskNet` (~120k parameters with the defaults, against ~270k for TDFusion's fusion net +
+U-Net segmenter cascade at inference):
+
+- encoder: a 3x3 stem per source (modality-specific), merged by a 3x3 conv at full resolution
+  (``e0``), then three stages of (2x2 max-pool, two 3x3 convs) at 1/2, 1/4 and 1/8 resolution;
+- shared decoder: two stages (nearest up-sampling, skip concatenation, two 3x3 convs) back to 1/2;
+- fusion path: up to full resolution, concatenated with ``e0`` and the two sources, two 3x3 convs,
+  a 3x3 conv to one channel and a sigmoid;
+- segmentation path: up to full resolution, concatenated with ``e0``, two 3x3 convs, a 1x1 conv to
+  ``n_classes`` logits.
+
+Every normalisation is per pixel (:class:`~napari_fusion.methods.segmenter.ChannelNorm`) and every
+operation local, so the net is fully convolutional with a finite receptive field: any size works
+(the runner pads to a multiple of 8) and tiles give the untiled result (``halo``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ._torch import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
+from .registry import WEIGHTS_DIR, ClassInfo, Method, register, register_family
+from .segmenter import ChannelNorm
+
+__all__ = [
+    "FAMILY",
+    "WEIGHTS",
+    "MultiTaskNet",
+    "MultiTaskRunner",
+    "from_bundle",
+    "load_runner",
+    "new_runner",
+    "multitask_receptive_radius",
+]
+
+FAMILY = "MultiTaskVIF"
+WEIGHTS = "multitaskvif_brats.safetensors"
+
+
+class _ConvNormAct(nn.Sequential):
+    """3x3 conv (no bias) -> per-pixel channel norm -> GELU."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), ChannelNorm(cout), nn.GELU())
+
+
+class _Stage(nn.Module):
+    """Two conv-norm-act layers with a residual (1x1-projected when the width changes)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.c1 = _ConvNormAct(cin, cout)
+        self.c2 = _ConvNormAct(cout, cout)
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.c2(self.c1(x))
+
+
+def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="nearest")
+
+
+class MultiTaskNet(nn.Module):
+    """Two single-channel sources ``(N,1,H,W)`` -> fused ``(N,1,H,W)`` in (0,1) and logits ``(N,C,H,W)``.
+
+    ``widths`` are the channel counts at full, 1/2, 1/4 and 1/8 resolution; H and W must be
+    multiples of 8 (:attr:`pad_multiple`; the runner pads).
+    """
+
+    pad_multiple = 8
+
+    def __init__(self, n_classes: int = 5, widths: Sequence[int] = (16, 24, 32, 48), stem: int = 8):
+        super().__init__()
+        if int(n_classes) < 1:
+            raise ValueError(f"MultiTaskNet needs at least one class, got n_classes={n_classes}")
+        w0, w1, w2, w3 = (int(w) for w in widths)
+        self.config = {"n_classes": int(n_classes), "widths": [w0, w1, w2, w3], "stem": int(stem)}
+        # shared encoder
+        self.stem_a = nn.Conv2d(1, stem, 3, padding=1, bias=True)
+        self.stem_b = nn.Conv2d(1, stem, 3, padding=1, bias=True)
+        self.enc0 = _Stage(2 * stem, w0)
+        self.enc1 = _Stage(w0, w1)
+        self.enc2 = _Stage(w1, w2)
+        self.enc3 = _Stage(w2, w3)
+        # multi-task head decoder: shared coarse stages ...
+        self.up3 = nn.Conv2d(w3, w2, 1, bias=False)
+        self.dec2 = _Stage(2 * w2, w2)
+        self.up2 = nn.Conv2d(w2, w1, 1, bias=False)
+        self.dec1 = _Stage(2 * w1, w1)
+        # ... then a fusion path and a segmentation path at full resolution
+        self.fuse_up = nn.Conv2d(w1, w0, 1, bias=False)
+        self.fuse_body = nn.Sequential(_ConvNormAct(2 * w0 + 2, w0), _ConvNormAct(w0, w0))
+        self.fuse_out = nn.Conv2d(w0, 1, 3, padding=1, bias=True)
+        self.seg_up = nn.Conv2d(w1, w0, 1, bias=False)
+        self.seg_body = nn.Sequential(_ConvNormAct(2 * w0, w0), _ConvNormAct(w0, w0))
+        self.seg_out = nn.Conv2d(w0, int(n_classes), 1, bias=True)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.seg_out.out_channels)
+
+    @property
+    def receptive_radius(self) -> int:
+        return multitask_receptive_radius()
+
+    def features(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared part: full-resolution encoder features ``e0`` and the decoder's 1/2-resolution ``d1``."""
+        x = torch.cat([F.gelu(self.stem_a(a)), F.gelu(self.stem_b(b))], 1)
+        e0 = self.enc0(x)
+        e1 = self.enc1(F.max_pool2d(e0, 2))
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([_up(self.up3(e3), e2), e2], 1))
+        d1 = self.dec1(torch.cat([_up(self.up2(d2), e1), e1], 1))
+        return e0, d1
+
+    def fusion_path(self, e0: torch.Tensor, d1: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([_up(self.fuse_up(d1), e0), e0, a, b], 1)
+        return torch.sigmoid(self.fuse_out(self.fuse_body(x)))
+
+    def segmentation_path(self, e0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([_up(self.seg_up(d1), e0), e0], 1)
+        return self.seg_out(self.seg_body(x))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: ``(fused, logits)``."""
+        e0, d1 = self.features(a, b)
+        return self.fusion_path(e0, d1, a, b), self.segmentation_path(e0, d1)
+
+    def fuse_only(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The fused image alone (skips the segmentation path's compute)."""
+        e0, d1 = self.features(a, b)
+        return self.fusion_path(e0, d1, a, b)
+
+    @torch.no_grad()
+    def extend_classes(self, new_n: int) -> "MultiTaskNet":
+        """Grow the segmentation head to ``new_n`` classes in place; old classes keep their weights.
+
+        New classes start with small random weights and a bias below the old classes' mean, so the
+        predictions do not change until fine-tuning teaches them.
+        """
+        old = self.seg_out
+        new_n = int(new_n)
+        if new_n < old.out_channels:
+            raise ValueError(f"cannot shrink the segmentation head from {old.out_channels} to {new_n} classes")
+        if new_n == old.out_channels:
+            return self
+        head = nn.Conv2d(old.in_channels, new_n, 1, bias=True).to(device=old.weight.device, dtype=old.weight.dtype)
+        head.weight[: old.out_channels] = old.weight
+        head.bias[: old.out_channels] = old.bias
+        head.weight[old.out_channels :].normal_(0.0, 0.01)
+        head.bias[old.out_channels :] = old.bias.mean() - 1.0
+        self.seg_out = head
+        self.config["n_classes"] = new_n
+        return self
+
+
+def multitask_receptive_radius(levels: int = 3) -> int:
+    """Pixels of context on each side one output pixel depends on (an upper bound; the tiling halo).
+
+    Stem and ``enc0``: 3 convs at stride 1; each level: a pool and two convs at its stride; the
+    decoder: nearest up-sampling (counted like a pool) and two convs per level back to 1/2; the
+    heads: a 1x1 and two or three 3x3 convs at full resolution.
+    """
+    r, s = 3, 1
+    for _ in range(levels):
+        r += s  # 2x2 pool
+        s *= 2
+        r += 2 * s  # two 3x3 convs
+    for _ in range(levels - 1):  # shared decoder down to 1/2
+        r += s  # up-sampling
+        s //= 2
+        r += 2 * s
+    r += s  # up to full resolution
+    return r + 3  # fusion path: three 3x3 convs (segmentation path: two)
+
+
+# --------------------------------------------------------------------------------------------
+# classes
+# --------------------------------------------------------------------------------------------
+def _make_classes(spec) -> tuple[ClassInfo, ...]:
+    from .tdfusion import make_classes
+
+    return make_classes(spec)
+
+
+def _default_color(index: int) -> str:
+    from .tdfusion import default_class_color
+
+    return default_class_color(index)
+
+
+def brats_classes() -> tuple[ClassInfo, ...]:
+    """BraTS tumour classes (0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing)."""
+    from ..training.data import BRATS_CLASSES
+
+    return _make_classes(BRATS_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+# --------------------------------------------------------------------------------------------
+class MultiTaskRunner(TorchRunner):
+    """Runner of a :class:`MultiTaskNet`: ``fuse``, ``segment`` and ``fuse_and_segment`` (one pass).
+
+    ``classes`` are the label values the model predicts (label value = output index; outputs
+    without a ClassInfo are never predicted); ``meta`` carries the model's record.
+    """
+
+    family = FAMILY
+    channels_last = True
+
+    def __init__(
+        self,
+        net: MultiTaskNet,
+        classes: Sequence | None = None,
+        device: str | torch.device = "cpu",
+        meta: dict | None = None,
+    ):
+        super().__init__({"net": net}, device=device, pad_multiple=MultiTaskNet.pad_multiple)
+        self.meta: dict[str, Any] = dict(meta or {})
+        cls = _make_classes(classes) if classes else ()
+        if not cls:
+            cls = tuple(ClassInfo(i, f"class {i}", _default_color(i)) for i in range(net.n_classes))
+        top = max(c.index for c in cls)
+        if top >= net.n_classes:
+            raise ValueError(f"class index {top} is outside the model's {net.n_classes} segmentation outputs")
+        self.classes: tuple[ClassInfo, ...] = cls
+
+    # --- parts ---------------------------------------------------------------------------------
+    @property
+    def net(self) -> MultiTaskNet:
+        return self.modules["net"]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("method", "multitaskvif"))
+
+    @property
+    def halo(self) -> int:
+        return self.net.receptive_radius
+
+    @property
+    def n_classes(self) -> int:
+        return self.net.n_classes
+
+    def copy(self) -> "MultiTaskRunner":
+        """An independent deep copy (fine-tuning works on a copy; the original stays unchanged)."""
+        new = copy.copy(self)
+        new.modules = {k: copy.deepcopy(m) for k, m in self.modules.items()}
+        new.meta = copy.deepcopy(self.meta)
+        new.classes = tuple(self.classes)
+        return new
+
+    # --- inference -----------------------------------------------------------------------------
+    def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.net.fuse_only(a, b)
+
+    def _eval(self) -> None:
+        self.net.eval()
+
+    def _class_mask(self, n: int) -> torch.Tensor:
+        keep = torch.full((n,), float("-inf"), device=self.device)
+        keep[[c.index for c in self.classes]] = 0.0
+        return keep.view(1, n, 1, 1)
+
+    def _labels(self, logits: torch.Tensor) -> np.ndarray:
+        logits = logits.float() + self._class_mask(logits.shape[1])
+        return np.ascontiguousarray(logits.argmax(1)[0].to("cpu").numpy().astype(np.int32))
+
+    def fuse_and_segment(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass: fused unit image (float32) and its int32 labels."""
+        a, b = check_pair(a, b)
+        self._eval()
+        fused, logits = self.run_padded(self.net, a, b)
+        return tensor_to_unit(fused), self._labels(logits)
+
+    def segment(self, fused: np.ndarray | None = None, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
+        """int32 labels; the net segments from the *sources* (one pass on ``a``, ``b``), not from ``fused``."""
+        if a is None or b is None:
+            raise ValueError(
+                "MultiTaskVIF segments from the two sources in its single pass; call segment(fused, a, b) "
+                "or fuse_and_segment(a, b) with both sources"
+            )
+        return self.fuse_and_segment(a, b)[1]
+
+    def logits(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Class logits ``(n_classes, H, W)`` float32 of a source pair (for losses and confidence maps)."""
+        a, b = check_pair(a, b)
+        self._eval()
+        _, lg = self.run_padded(self.net, a, b)
+        return lg[0].float().to("cpu").numpy()
+
+    # --- persistence ---------------------------------------------------------------------------
+    def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
+        tensors = {f"net.{k}": v.detach().to("cpu").contiguous().clone() for k, v in self.net.state_dict().items()}
+        meta = dict(self.meta)
+        meta.update(
+            family=FAMILY,
+            method=self.name,
+            config={"net": copy.deepcopy(self.net.config)},
+            classes=[[c.index, c.name, c.color] for c in self.classes],
+            outputs=["fused", "labels"],
+            halo=self.halo,
+            n_parameters=count_parameters(self.net),
+        )
+        return tensors, meta
+
+
+def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: str | torch.device = "cpu") -> MultiTaskRunner:
+    """Rebuild a runner from a model file's tensors and metadata (strict: every tensor must fit)."""
+    cfg = dict((meta.get("config") or {}).get("net") or {})
+    net = MultiTaskNet(**cfg)
+    state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    net.load_state_dict(state, strict=True)
+    return MultiTaskRunner(net, classes=meta.get("classes"), device=resolve_torch_device(device), meta=meta)
+
+
+def load_runner(path: str | Path, device: str | torch.device = "cpu") -> MultiTaskRunner:
+    """A runner from a MultiTaskVIF model file (errors from :mod:`store` for bad files)."""
+    from .store import ModelFileError, load_bundle
+
+    tensors, meta = load_bundle(path, device="cpu")
+    if meta.get("family") != FAMILY:
+        raise ModelFileError(f"{path} holds a {meta.get('family')!r} model, not a MultiTaskVIF one")
+    try:
+        return from_bundle(tensors, meta, device)
+    except (KeyError, RuntimeError, TypeError) as err:
+        raise ModelFileError(f"{path} does not match the MultiTaskVIF architecture: {err}") from err
+
+
+def new_runner(
+    classes: Sequence | None = None, seed: int = 0, device: str | torch.device = "cpu", **net_kw: Any
+) -> MultiTaskRunner:
+    """A freshly initialised (seeded) runner; ``classes`` default to the BraTS tumour classes."""
+    cls = _make_classes(classes) if classes else brats_classes()
+    n = max(c.index for c in cls) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MultiTaskNet(n_classes=n, **net_kw)
+    return MultiTaskRunner(net, cls, device=device, meta={"method": "multitaskvif"})
+
+
+def _build(device: str = "cpu", weights: str | Path | None = None) -> MultiTaskRunner:
+    path = Path(weights) if weights else WEIGHTS_DIR / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MultiTaskVIF weights file {path} not found; train it with "
+            f"`python -m napari_fusion.training.multitask --data auto --out {path}` or pass weights=PATH"
+        )
+    runner = load_runner(path, device=device)
+    runner.meta.setdefault("method", "multitaskvif")
+    return runner
+
+
+register_family(FAMILY, from_bundle)
+
+register(
+    Method(
+        "multitaskvif",
+        "MultiTaskVIF (2025): shared encoder, multi-task head: fused image and segmentation in one pass "
+        "(trained on BraTS FLAIR + T1c; fine-tune on painted labels for other pairs)",
+        FAMILY,
+        _build,
+        weights=WEIGHTS,
+        outputs=("fused", "labels"),
+        halo=multitask_receptive_radius(),
+        learned=True,
+        extra={"classes": brats_classes()},
+    )
+)
