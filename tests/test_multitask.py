@@ -314,8 +314,9 @@ def test_finetuning_a_new_class_extends_the_head_and_ignores_unpainted_pixels():
     tuned = _drain(tuned)
     assert base.n_classes == 5 and tuned.n_classes == 8
     assert {c.index: c.name for c in tuned.classes}[7] == "car"
-    via_api = finetune(base, a, b, lab, steps=2, lr=1e-3)
+    via_api = finetune(base, a, b, lab, steps=2, lr=1e-3, class_names={7: "truck"}, device="cpu")
     assert isinstance(via_api, MultiTaskRunner) and via_api.n_classes == 8
+    assert {c.index: c.name for c in via_api.classes}[7] == "truck"  # names pass through the dispatch
     # on the tuned model: predictions that differ only at unpainted pixels give the same loss
     lg = torch.from_numpy(tuned.logits(a, b))[None]
     t = torch.from_numpy(np.where(lab > 0, lab, IGNORE_INDEX))[None]

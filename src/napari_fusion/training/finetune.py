@@ -217,7 +217,9 @@ def finetune_steps(
     if family == "MultiTaskVIF":
         from .multitask import finetune_multitask_steps
 
-        return finetune_multitask_steps(runner, a, b, labels, int(steps), float(lr))
+        # class names, device and the background value reach MultiTaskVIF too (only those given)
+        given = {"class_names": class_names, "device": device, "background_value": background_value}
+        return finetune_multitask_steps(runner, a, b, labels, int(steps), float(lr), **{k: v for k, v in given.items() if v is not None})
     if family != "TDFusion":
         raise TypeError(
             f"fine-tuning needs a TDFusion or MultiTaskVIF model, got {type(runner).__name__}"
