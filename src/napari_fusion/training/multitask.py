@@ -21,7 +21,13 @@ Command line (JSON-lines logs, atomic checkpoints via :mod:`napari_fusion.method
 time budget, seeded and reproducible on CPU)::
 
     python -m napari_fusion.training.multitask --data auto --out multitaskvif_brats.safetensors \\
-        --device auto --steps 4000 --time-budget 3600 --batch 16 --crop 192 --seed 0
+        --device auto --steps 20000 --time-budget 3600 --seed 0
+
+Defaults: batch 32 of 160-pixel crops on a GPU, 4 of 96 on CPU; AdamW, lr 2e-3 with a 50-step
+warm-up and a cosine decay to 5 % at ``--steps`` or at the end of ``--time-budget``, whichever comes
+first (a budget-stopped run still ends with a small learning rate). A run whose budget does not bind
+(``--time-budget 0``) is bitwise reproducible on CPU for a given seed and thread count, and
+``--resume`` continues it exactly (optimiser, step and random states are in ``OUT.resume.pt``).
 
 ``--data auto`` reads the BraTS train + validation cases from ``../shared/data`` (the test cases are
 held out for measurement); ``--data PACKED.npz`` reads ``a``, ``b`` (uint8 or float in [0, 1]) and
@@ -197,13 +203,19 @@ class MultiTaskTrainer:
         cw = self.config.class_weights
         self.class_weights = torch.tensor(cw, dtype=torch.float32, device=self.device) if cw else None
         self.step = 0
+        self.time_fraction = 0.0  # share of the run's time budget spent (set by the training loop)
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of a step: linear warm-up, then constant or cosine-decayed to 5 %."""
+    def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
+        """Learning rate of a step: linear warm-up, then constant or cosine-decayed to 5 %.
+
+        The cosine runs over ``config.total_steps``, or faster when ``time_fraction`` (the share of
+        a time budget already spent) is further along, so a run stopped by its budget still ends
+        with a decayed learning rate.
+        """
         c = self.config
         lr = c.lr * min(1.0, (step + 1) / max(c.warmup, 1))
         if c.total_steps > 0 and step >= c.warmup:
-            t = min(1.0, (step - c.warmup) / max(c.total_steps - c.warmup, 1))
+            t = min(1.0, max((step - c.warmup) / max(c.total_steps - c.warmup, 1), float(time_fraction)))
             lr *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
         return lr
 
@@ -218,7 +230,7 @@ class MultiTaskTrainer:
             a = a.contiguous(memory_format=torch.channels_last)
             b = b.contiguous(memory_format=torch.channels_last)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+            g["lr"] = self.lr_at(self.step, self.time_fraction)
         with _autocast(self.device, self.config.amp):
             fused, logits = self.net(a, b)
         loss, parts = joint_loss(fused, logits, a, b, labels, self.config, self.class_weights)
@@ -558,6 +570,8 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
                 log(json.dumps({"stop": "time budget", "step": trainer.step}))
                 break
             a, b, lab = sampler.batch(args.batch)
+            if args.time_budget:
+                trainer.time_fraction = (time.time() - t0) / args.time_budget
             row = trainer.train_step(a, b, lab)
             bad = {k: v for k, v in row.items() if k != "acc" and isinstance(v, float) and not math.isfinite(v)}
             if bad:
@@ -567,7 +581,7 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
                     ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
                     first.setdefault(k, v)
             if trainer.step % args.log_every == 0 or trainer.step == args.steps:
-                line = {"step": trainer.step, "seconds": round(time.time() - t0 + prev_seconds, 2), "lr": trainer.lr_at(trainer.step - 1)}
+                line = {"step": trainer.step, "seconds": round(time.time() - t0 + prev_seconds, 2), "lr": trainer.lr_at(trainer.step - 1, trainer.time_fraction)}
                 line |= {k: round(v, 5) for k, v in ema.items()}
                 s = json.dumps(line)
                 log(s)
@@ -622,7 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate")
     ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
-    ap.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True, help="cosine decay to 5%% at --steps")
+    ap.add_argument(
+        "--cosine", action=argparse.BooleanOptionalAction, default=True,
+        help="cosine decay to 5%% at --steps, or at the end of --time-budget when that comes first",
+    )
     ap.add_argument("--fusion-weight", type=float, default=5.0, help="weight of the fusion loss in the joint loss")
     ap.add_argument("--int-weight", type=float, default=1.0, help="weight of |F - max(A,B)| in the fusion loss")
     ap.add_argument("--grad-weight", type=float, default=4.0, help="weight of the max-gradient term in the fusion loss")
