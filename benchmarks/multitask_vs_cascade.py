@@ -9,6 +9,9 @@ files given with ``--multitask`` / ``--cascade``):
   core (1, 3, 4) and enhancing tumour (4);
 - fusion quality: ``metrics.fusion_metrics`` (EN, SD, SF, AG, MI, VIF, Qabf, SSIM, SCD on 0..255) averaged
   over every ``--metric-every``-th test slice, with the classical ``max`` and ``average`` for reference;
+- fine-tuning MultiTaskVIF from scripted strokes (~1 % of the pixels): on one BraTS test slice, Dice
+  on the other test slices before and after; on an MSRS infrared/visible test pair, accuracy on a
+  held-out fifth of the strokes before and after (seconds on the CPU stated);
 - cost: parameters used at inference (and in training: TDFusion also trains a loss generation
   module), multiply-accumulates of one pass (``torch.utils.flop_counter``), and milliseconds per
   pass (fused image + labels) at 240x240 and 480x640: median of ``--repeats`` interleaved runs after a
@@ -117,6 +120,101 @@ def _time(runners: dict, size: tuple[int, int], repeats: int, warmup: int, sync)
     return times
 
 
+def _strokes(truth: np.ndarray, rng: np.random.Generator, classes, per_class: int, length: int, bg_value: int) -> np.ndarray:
+    """Scripted 'user' strokes: short horizontal runs inside each class region (0 = unpainted)."""
+    out = np.zeros(truth.shape, np.int64)
+    for c in classes:
+        ys, xs = np.nonzero(truth == c)
+        if len(ys) == 0:
+            continue
+        for _ in range(per_class):
+            j = rng.integers(len(ys))
+            seg = slice(max(0, xs[j] - length // 2), xs[j] + length // 2)
+            inside = truth[ys[j], seg] == c
+            out[ys[j], seg][inside] = c if c > 0 else bg_value
+    return out
+
+
+def _finetune(runner, a, b, strokes, steps: int, lr: float, **kw):
+    from napari_fusion.training.finetune import finetune_steps
+
+    t0 = time.perf_counter()
+    gen = finetune_steps(runner, a, b, strokes, steps=steps, lr=lr, **kw)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value, time.perf_counter() - t0
+
+
+def _finetune_brats(mt, a, b, truth, case, steps: int, lr: float) -> tuple[list, list, str]:
+    """Strokes (~1 % of pixels) on the test slice with the most tumour -> Dice on the other test slices."""
+    from napari_fusion.metrics import segmentation_metrics
+    from napari_fusion.training.data import BRATS_CLASSES
+
+    names = [c[1] for c in BRATS_CLASSES]
+    k = int(np.argmax((truth > 0).reshape(len(truth), -1).sum(1)))
+    rng = np.random.default_rng(0)
+    strokes = _strokes(truth[k], rng, range(5), per_class=5, length=24, bg_value=5)
+    painted = float((strokes > 0).mean())
+    rest = np.array([i for i in range(len(a)) if i != k])
+    rows, csv_rows = [], []
+    tuned, secs = _finetune(mt, a[k], b[k], strokes, steps, lr, background_value=5)
+    for label, r in (("before (shipped)", mt), (f"after {steps} steps", tuned)):
+        pred = np.stack([r.fuse_and_segment(a[i], b[i])[1] for i in rest])
+        m = segmentation_metrics(pred, truth[rest], n_classes=5, class_names=names)
+        reg = _region_dice(pred, truth[rest])
+        tumour = [m[f"Dice/{n}"] for n in names[1:] if math.isfinite(m[f"Dice/{n}"])]
+        rows.append([label] + [m[f"Dice/{n}"] for n in names[1:]] + [float(np.mean(tumour)), reg["whole tumour"]])
+        csv_rows += [["finetune brats", label, f"Dice/{n}", m[f"Dice/{n}"]] for n in names] + [
+            ["finetune brats", label, "Dice/mean tumour classes", float(np.mean(tumour))]
+        ]
+    note = (f"strokes on test slice {k} (case {int(case[k])}): {int((strokes > 0).sum())} pixels "
+            f"({100 * painted:.2f} %), classes {sorted(set(np.unique(strokes).tolist()) - {0})} (5 = background); "
+            f"{steps} steps, lr {lr:g}, {secs:.1f} s on the CPU; Dice pooled over the other {len(rest)} test slices")
+    return rows, csv_rows, note
+
+
+def _finetune_ivif(mt, steps: int, lr: float) -> tuple[list, list, str]:
+    """Strokes on an MSRS test pair (hot objects = 1, cool background = 2), a fifth held out -> accuracy."""
+    from _common import iter_pairs
+
+    from napari_fusion.training.finetune import painted_targets
+
+    pair = next(iter_pairs("msrs", limit=1))
+    a, b = pair.a.astype(np.float32) / 255.0, pair.b.astype(np.float32) / 255.0
+    hot = a >= np.percentile(a, 97)
+    cool = a <= np.percentile(a, 50)
+    region = np.where(hot, 1, np.where(cool, 2, 0))
+    rng = np.random.default_rng(0)
+    strokes = np.zeros(a.shape, np.int64)
+    stroke_id = np.zeros(a.shape, np.int64)
+    sid = 0
+    while (strokes > 0).mean() < 0.01:  # ~1 % of pixels, strokes of up to 30 pixels
+        c = 1 + int(rng.integers(2))
+        ys, xs = np.nonzero(region == c)
+        j = rng.integers(len(ys))
+        seg = slice(max(0, xs[j] - 15), xs[j] + 15)
+        inside = (region[ys[j], seg] == c) & (strokes[ys[j], seg] == 0)
+        sid += 1
+        strokes[ys[j], seg][inside] = c
+        stroke_id[ys[j], seg][inside] = sid
+    held = np.isin(stroke_id, rng.choice(np.arange(1, sid + 1), size=max(1, sid // 5), replace=False))
+    train = np.where(held, 0, strokes)
+    tuned, secs = _finetune(mt, a, b, train, steps, lr, class_names={1: "hot object", 2: "cool background"})
+    rows, csv_rows = [], []
+    for label, r in (("before (shipped)", mt), (f"after {steps} steps", tuned)):
+        pred = r.fuse_and_segment(a, b)[1]
+        acc = float((pred[held] == strokes[held]).mean())
+        acc_train = float((pred[train > 0] == train[train > 0]).mean())
+        rows.append([label, acc_train, acc])
+        csv_rows += [["finetune msrs", label, "accuracy painted", acc_train], ["finetune msrs", label, "accuracy held out", acc]]
+    note = (f"MSRS test pair {pair.name} ({a.shape[0]}x{a.shape[1]}), {sid} strokes, {int((strokes > 0).sum())} pixels "
+            f"({100 * (strokes > 0).mean():.2f} %); {int(held.sum())} pixels of {max(1, sid // 5)} whole strokes held out; "
+            f"{steps} steps, lr {lr:g}, {secs:.1f} s on the CPU")
+    return rows, csv_rows, note
+
+
 def _training_note(runner) -> str:
     t = runner.meta.get("training") or {}
     if not t:
@@ -134,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric-every", type=int, default=4, help="fusion metrics on every k-th test slice")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps from strokes (0: skip that section)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(RESULTS / "multitask"), help="output stem (.md and .csv are written)")
     args = ap.parse_args(argv)
 
@@ -222,6 +322,29 @@ def main(argv: list[str] | None = None) -> int:
         csv_rows += [["cost", label, "parameters (inference)", inf], ["cost", label, "parameters (training)", train]]
         csv_rows += [["cost", label, f"GMAC {h}x{w}", macs[label][i] / 1e9] for i, (h, w) in enumerate(SIZES)]
 
+    # ---------------------------------------------------------------- fine-tuning from strokes (CPU)
+    ft_text = ""
+    if args.finetune_steps:
+        for r in names.values():
+            r.to("cpu")
+        brows, bcsv, bnote = _finetune_brats(mt, a, b, truth, d["case"] if not args.limit else d["case"][idx], args.finetune_steps, args.finetune_lr)
+        print_flush("fine-tuning on BraTS strokes: " + bnote)
+        irows, icsv, inote = _finetune_ivif(mt, args.finetune_steps, args.finetune_lr)
+        print_flush("fine-tuning on MSRS strokes: " + inote)
+        csv_rows += bcsv + icsv
+        ft_text = f"""
+## Fine-tuning MultiTaskVIF from painted strokes (joint loss on painted pixels)
+
+BraTS: {bnote}.
+
+{markdown_table(["MultiTaskVIF"] + [f"Dice {n}" for n in class_names[1:]] + ["mean Dice tumour classes", "Dice whole tumour"], brows, digits=3)}
+
+Infrared/visible (no ground truth exists; the BraTS model's classes 1 and 2 are re-taught as "hot
+object" and "cool background"): {inote}.
+
+{markdown_table(["MultiTaskVIF", "accuracy on the painted pixels", "accuracy on held-out stroke pixels"], irows, digits=3)}
+"""
+
     # ---------------------------------------------------------------- write
     out = Path(args.out)
     write_csv(out.with_suffix(".csv"), ["section", "model", "quantity", "value"], csv_rows)
@@ -285,7 +408,7 @@ median of {args.repeats} interleaved runs after {args.warmup} warm-up runs, `run
 on unit images (padding included), {args.threads} CPU threads. Best value per column in bold (higher is
 better for every metric here); on a shared, loaded machine the
 absolute numbers vary between runs, their ratio much less.
-"""
+{ft_text}"""
     write_text(out.with_suffix(".md"), text)
     print_flush(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
     return 0
