@@ -179,8 +179,6 @@ def _finetune_ivif(mt, steps: int, lr: float) -> tuple[list, list, str]:
     """Strokes on an MSRS test pair (hot objects = 1, cool background = 2), a fifth held out -> accuracy."""
     from _common import iter_pairs
 
-    from napari_fusion.training.finetune import painted_targets
-
     pair = next(iter_pairs("msrs", limit=1))
     a, b = pair.a.astype(np.float32) / 255.0, pair.b.astype(np.float32) / 255.0
     hot = a >= np.percentile(a, 97)
