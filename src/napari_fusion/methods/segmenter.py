@@ -34,12 +34,19 @@ class ChannelNorm(nn.Module):
 
 
 class _DoubleConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
+    """Two 3x3 conv + norm + GELU. ``first=True`` (on the raw image) skips the first norm.
+
+    A channel norm right after a conv of a 1-channel image would divide the intensity out (in a flat
+    region every channel is ``x * sum(w_c)``): the network could then only see edges, never how
+    bright a region is. So the first conv has a bias and no norm.
+    """
+
+    def __init__(self, cin: int, cout: int, first: bool = False):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            ChannelNorm(cout),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=True),
+            nn.Identity() if first else ChannelNorm(cout),
             nn.GELU(),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=True),
             ChannelNorm(cout),
             nn.GELU(),
         )
@@ -57,7 +64,7 @@ class Segmenter(nn.Module):
             raise ValueError(f"a segmenter needs at least one class, got n_classes={n_classes}")
         w = int(width)
         self.config = {"n_classes": int(n_classes), "width": w, "in_channels": int(in_channels)}
-        self.enc0 = _DoubleConv(in_channels, w)
+        self.enc0 = _DoubleConv(in_channels, w, first=True)
         self.enc1 = _DoubleConv(w, 2 * w)
         self.enc2 = _DoubleConv(2 * w, 4 * w)
         self.mid = _DoubleConv(4 * w, 4 * w)

@@ -124,8 +124,8 @@ class FusionNet(nn.Module):
     def __init__(self, dim: int = 16, enc_blocks: int = 2, dec_blocks: int = 3, expansion: float = 2.0):
         super().__init__()
         self.config = {"dim": dim, "enc_blocks": enc_blocks, "dec_blocks": dec_blocks, "expansion": expansion}
-        self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=False)
-        self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=False)
+        self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=True)
+        self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=True)
         self.enc_a = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.enc_b = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.cross = CrossGate(dim)
@@ -155,8 +155,8 @@ class LossNet(nn.Module):
     def __init__(self, dim: int = 16, enc_blocks: int = 1, joint_blocks: int = 3, expansion: float = 2.0):
         super().__init__()
         self.config = {"dim": dim, "enc_blocks": enc_blocks, "joint_blocks": joint_blocks, "expansion": expansion}
-        self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=False)
-        self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=False)
+        self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=True)
+        self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=True)
         self.enc_a = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.enc_b = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.joint = nn.Sequential(*[Block(2 * dim, expansion) for _ in range(joint_blocks)])

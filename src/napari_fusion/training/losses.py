@@ -3,7 +3,7 @@
 Fusion loss (TDFusion): ``L = L_int(w) + lambda_grad * L_grad``.
 - ``L_int``: per-pixel weighted squared error to the two sources, with weights ``w = (w_a, w_b)``
   (softmax over the two sources, from the loss generation module). ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``;
-  the factor 2 makes the neutral start (0.5, 0.5) equal to the mean of the two MSEs. Its minimiser is
+  the factor 2 makes the neutral start (0.5, 0.5) equal to the sum of the two MSEs. Its minimiser is
   the per-pixel convex blend ``w_a A + w_b B``, so the learned weights say which source to follow where.
 - ``L_grad``: fixed, L1 between the fused Sobel gradient magnitude and the larger of the sources'.
 Task loss: cross-entropy with an ignore value (unpainted or unlabelled pixels), optional class weights.

@@ -55,6 +55,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # the three updates
 # --------------------------------------------------------------------------------------------
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision autocast outputs -> float32 for the losses; float32/float64 pass unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -90,7 +95,7 @@ def meta_step(
     with _autocast(a.device, amp):
         fused = functional_call(fusion, params, (a, b))
         w = loss_net(a, b)
-        lf, _ = fusion_loss(fused.float(), a, b, w.float(), grad_weight)
+        lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight)
     grads = torch.autograd.grad(lf, list(params.values()), create_graph=create_graph, allow_unused=True)
     updated = {
         k: (p - inner_lr * g) if g is not None else p for (k, p), g in zip(params.items(), grads)
@@ -98,7 +103,7 @@ def meta_step(
     with _autocast(a.device, amp):
         fused2 = functional_call(fusion, updated, (a, b))
         logits = segmenter(fused2)
-    lt = task_loss(logits.float(), labels, ignore_index, class_weights)
+    lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
     if opt_loss is not None:
         opt_loss.zero_grad(set_to_none=True)
     if lt.requires_grad:
@@ -126,10 +131,10 @@ def fusion_step(
 ) -> dict[str, float]:
     """(ii) One optimiser step of the fusion net on the learned fusion loss (loss module frozen)."""
     with torch.no_grad(), _autocast(a.device, amp):
-        w = loss_net(a, b).float()
+        w = _f32(loss_net(a, b))
     with _autocast(a.device, amp):
         fused = fusion(a, b)
-    lf, parts = fusion_loss(fused.float(), a, b, w, grad_weight)
+    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight)
     opt_fusion.zero_grad(set_to_none=True)
     lf.backward()
     opt_fusion.step()
@@ -160,10 +165,10 @@ def segmenter_step(
     """
     if fused is None:
         with torch.no_grad(), _autocast(a.device, amp):
-            fused = fusion(a, b).float()
+            fused = _f32(fusion(a, b))
     with _autocast(fused.device, amp):
         logits = segmenter(fused)
-    lt = task_loss(logits.float(), labels, ignore_index, class_weights)
+    lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
     opt_seg.zero_grad(set_to_none=True)
     lt.backward()
     opt_seg.step()
@@ -523,6 +528,15 @@ def _dice_on_slices(runner, a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_
 
 def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a training from parsed CLI arguments; returns the final record."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_num_threads())
+    try:
+        return _train(args, log)
+    finally:  # process-wide torch settings go back to what they were (train() is also called in-process)
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.set_num_threads(prev[2])
+
+
+def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     from ..methods._torch import resolve_torch_device
     from ..methods.tdfusion import load_runner
 
@@ -534,6 +548,9 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_torch_device(args.device)
+    gpu = device.type in ("cuda", "mps")
+    args.batch = args.batch or (16 if gpu else 4)
+    args.crop = args.crop or (192 if gpu else 96)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -647,8 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=None, help="crops per step (default: 16 on a GPU, 4 on CPU)")
+    ap.add_argument("--crop", type=int, default=None, help="crop side in pixels (default: 192 on a GPU, 96 on CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", default=None, help="model file of an earlier run to continue")
     ap.add_argument("--log", default=None, help="append JSON-lines losses to this file")
@@ -676,4 +693,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    torch.set_flush_denormal(True)  # tiny second-order terms of the meta step must not hit slow denormal paths
     main()

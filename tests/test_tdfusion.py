@@ -1,0 +1,419 @@
+"""TDFusion: network contracts, the bi-level meta step, training, shipped weights, model files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_fusion.methods import registry
+from napari_fusion.methods.segmenter import Segmenter, segmenter_receptive_radius
+from napari_fusion.methods.store import ModelFileError, save_bundle
+from napari_fusion.methods.tdfusion import (
+    BRATS_WEIGHTS,
+    IVIF_WEIGHTS,
+    FusionNet,
+    LossNet,
+    TDFusionRunner,
+    fusion_receptive_radius,
+    make_classes,
+)
+from napari_fusion.training.data import BRATS_CLASSES, shared_data_dir
+from napari_fusion.training.losses import IGNORE_INDEX, fusion_loss, task_loss
+from napari_fusion.training.tdfusion import (
+    BratsSampler,
+    PairSampler,
+    TDFusionTrainer,
+    TrainConfig,
+    load_training_data,
+    main,
+    meta_step,
+    new_runner,
+)
+
+needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(name: str):
+    path = registry.WEIGHTS_DIR / name
+    return pytest.mark.skipif(not path.is_file(), reason=f"shipped weights {name} not trained yet")
+
+
+@pytest.fixture(scope="module")
+def brats_runner() -> TDFusionRunner:
+    """A freshly initialised (seeded) fusion net + loss module + 5-class segmenter."""
+    return new_runner("brats", seed=0)
+
+
+def _pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((h, w), dtype=np.float32), rng.random((h, w), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------- contracts
+def test_parameter_counts_match_the_paper_scale():
+    from napari_fusion.methods._torch import count_parameters
+
+    assert 45_000 <= count_parameters(FusionNet()) <= 70_000
+    assert 35_000 <= count_parameters(LossNet()) <= 55_000
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (1, 1), (8, 3)])
+def test_fuse_any_size_shape_dtype_range(brats_runner, shape):
+    a, b = _pair(*shape)
+    out = brats_runner.fuse(a, b)
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.all(out >= 0) and np.all(out <= 1)
+
+
+def test_fuse_and_segment_contract(brats_runner):
+    a, b = _pair(37, 53, seed=1)
+    fused, labels = brats_runner.fuse_and_segment(a, b)
+    assert fused.shape == labels.shape == (37, 53)
+    assert labels.dtype == np.int32
+    assert set(np.unique(labels)) <= {c.index for c in brats_runner.classes}
+    np.testing.assert_array_equal(fused, brats_runner.fuse(a, b))
+    np.testing.assert_array_equal(labels, brats_runner.segment(fused, a, b))
+    assert [c.name for c in brats_runner.classes] == [c[1] for c in BRATS_CLASSES]
+
+
+def test_loss_module_neutral_start_gives_equal_weights():
+    a, b = _pair(20, 30)
+    w = LossNet()(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])
+    assert w.shape == (1, 2, 20, 30)
+    torch.testing.assert_close(w, torch.full_like(w, 0.5))
+
+
+def test_halo_covers_the_receptive_field():
+    """Tiled == untiled needs the halo to cover every pixel an output depends on."""
+    torch.manual_seed(0)
+    net = FusionNet().eval()
+    s = 61
+    xa = torch.rand(1, 1, s, s, requires_grad=True)
+    xb = torch.rand(1, 1, s, s, requires_grad=True)
+    net(xa, xb)[0, 0, s // 2, s // 2].backward()
+    ys, xs = torch.nonzero((xa.grad.abs() + xb.grad.abs())[0, 0] > 0, as_tuple=True)
+    radius = max(s // 2 - int(ys.min()), int(ys.max()) - s // 2, s // 2 - int(xs.min()), int(xs.max()) - s // 2)
+    assert radius == fusion_receptive_radius() == registry.get_method("tdfusion").halo
+    seg = Segmenter(5).eval()
+    x = torch.rand(1, 1, 160, 160, requires_grad=True)
+    seg(x)[0, :, 83, 85].sum().backward()
+    ys, xs = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
+    r2 = max(83 - int(ys.min()), int(ys.max()) - 83, 85 - int(xs.min()), int(xs.max()) - 85)
+    assert r2 <= segmenter_receptive_radius()
+    assert registry.get_method("tdfusion-brats").halo >= radius + r2
+
+
+def test_crop_with_halo_fuses_like_the_whole_image(brats_runner):
+    a, b = _pair(90, 100, seed=3)
+    full = brats_runner.fuse(a, b)
+    h = fusion_receptive_radius()
+    y0, y1, x0, x1 = 30, 60, 40, 70
+    part = brats_runner.fuse(a[y0 - h : y1 + h, x0 - h : x1 + h], b[y0 - h : y1 + h, x0 - h : x1 + h])
+    np.testing.assert_allclose(part[h:-h, h:-h], full[y0:y1, x0:x1], atol=1e-5)
+
+
+def test_bad_inputs_name_the_problem(brats_runner):
+    a, b = _pair(30, 40)
+    with pytest.raises(ValueError, match="source B is 30x41 but source A is 30x40"):
+        brats_runner.fuse(a, np.zeros((30, 41), np.float32))
+    bad = a.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="source A contains 1 NaN"):
+        brats_runner.fuse(bad, b)
+    with pytest.raises(ValueError, match="2-D"):
+        brats_runner.fuse(np.zeros((3, 30, 40), np.float32), np.zeros((3, 30, 40), np.float32))
+
+
+def test_runner_without_segmenter_says_how_to_get_one():
+    r = new_runner("ivif")
+    assert not r.has_segmenter and r.classes == ()
+    with pytest.raises(ValueError, match="fine-tune"):
+        r.segment(np.zeros((8, 8), np.float32))
+
+
+# ---------------------------------------------------------------------------------- losses
+def test_intensity_term_minimiser_is_the_weighted_blend():
+    a = torch.full((1, 1, 4, 4), 0.2)
+    b = torch.full((1, 1, 4, 4), 0.8)
+    w = torch.cat([torch.full((1, 1, 4, 4), 0.75), torch.full((1, 1, 4, 4), 0.25)], 1)
+    f = torch.full((1, 1, 4, 4), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([f], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        fusion_loss(f, a, b, w, grad_weight=0.0)[0].backward()
+        opt.step()
+    torch.testing.assert_close(f.detach(), torch.full_like(f, 0.75 * 0.2 + 0.25 * 0.8), atol=1e-4, rtol=0)
+    # neutral weights: the loss is the sum of the two MSEs
+    neutral = torch.full((1, 2, 4, 4), 0.5)
+    li = fusion_loss(torch.full((1, 1, 4, 4), 0.5), a, b, neutral, 0.0)[1]["int"]
+    assert float(li) == pytest.approx(0.3**2 + 0.3**2)
+
+
+def test_task_loss_rejects_labels_outside_the_classes():
+    logits = torch.zeros(1, 5, 4, 4)
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 1, 1] = 7
+    with pytest.raises(ValueError, match="values 0..7 but the segmenter has classes 0..4"):
+        task_loss(logits, labels)
+    labels[0, 1, 1] = IGNORE_INDEX
+    assert float(task_loss(logits, labels)) == pytest.approx(np.log(5), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------- bi-level step
+def _meta_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(2, 1, 32, 32, generator=g)
+    b = torch.rand(2, 1, 32, 32, generator=g)
+    labels = (a[:, 0] > b[:, 0]).long() + 1  # classes 1/2 depend on which source is brighter
+    labels[:, :4] = IGNORE_INDEX
+    return a, b, labels
+
+
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_meta_gradient_reaches_loss_module_only_through_the_inner_step(create_graph):
+    r = new_runner("brats", seed=1)
+    a, b, labels = _meta_batch()
+    before = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in r.modules.items()}
+    opt = torch.optim.Adam(r.loss_net.parameters(), lr=1e-3)
+    out = meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, opt, inner_lr=0.1, create_graph=create_graph)
+    head_grad = float(r.loss_net.head1.weight.grad.abs().sum() + r.loss_net.head1.bias.grad.abs().sum())
+    if create_graph:
+        assert head_grad > 0 and out["meta_grad_norm"] > 0
+        changed = any(not torch.equal(t, before["loss"][n]) for n, t in r.loss_net.state_dict().items())
+        assert changed, "the loss module must take a step"
+    else:  # the bi-level graph is cut: nothing reaches the loss module
+        assert head_grad == 0 and out["meta_grad_norm"] == 0
+    for k in ("fusion", "seg"):  # the meta step never changes the fusion net or the segmenter
+        for n, t in r.modules[k].state_dict().items():
+            assert torch.equal(t, before[k][n]), f"{k}.{n} changed in the meta step"
+    assert all(p.grad is None for p in r.fusion.parameters())
+
+
+def test_meta_gradient_matches_finite_differences():
+    """d task(theta') / d phi through the inner step, checked numerically on the loss head bias."""
+    r = new_runner("brats", seed=2)
+    for m in r.modules.values():  # float64, default layout (as the trainer runs it)
+        m.double().to(memory_format=torch.contiguous_format)
+    a, b, labels = _meta_batch(1)
+    a, b = a.double(), b.double()
+    with torch.no_grad():
+        r.loss_net.head1.weight.normal_(0, 0.1)
+
+    meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, inner_lr=0.5)
+    analytic = float(r.loss_net.head1.bias.grad[0])
+
+    def outer(delta: float) -> float:
+        from torch.func import functional_call
+
+        with torch.no_grad():
+            r.loss_net.head1.bias[0] += delta
+        params = dict(r.fusion.named_parameters())
+        lf, _ = fusion_loss(functional_call(r.fusion, params, (a, b)), a, b, r.loss_net(a, b))
+        grads = torch.autograd.grad(lf, list(params.values()))
+        upd = {k: p - 0.5 * g for (k, p), g in zip(params.items(), grads)}
+        val = float(task_loss(r.segmenter(functional_call(r.fusion, upd, (a, b))), labels).detach())
+        with torch.no_grad():
+            r.loss_net.head1.bias[0] -= delta
+        return val
+
+    eps = 1e-5
+    numeric = (outer(eps) - outer(-eps)) / (2 * eps)
+    assert analytic != 0
+    assert analytic == pytest.approx(numeric, rel=1e-4, abs=0)
+
+
+def test_trainer_ivif_keeps_neutral_loss_and_lowers_fusion_loss():
+    r = new_runner("ivif", seed=0)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.random((40, 50), dtype=np.float32), rng.random((40, 50), dtype=np.float32)) for _ in range(2)]
+    sampler = PairSampler(pairs, crop=24, seed=0)
+    tr = TDFusionTrainer(r, TrainConfig(lr_fusion=3e-3, meta_every=0), "cpu")
+    a, b, _ = sampler.batch(4)
+    losses = [tr.train_step(a, b)["fusion"] for _ in range(25)]
+    assert losses[-1] < 0.8 * losses[0]
+    assert float(r.loss_net.head1.weight.abs().sum()) == 0.0  # no labels: the loss module stays neutral
+
+
+# ---------------------------------------------------------------------------------- data errors
+def test_empty_training_data_errors(tmp_path):
+    with pytest.raises(ValueError, match="empty training data"):
+        PairSampler([], crop=32)
+    with pytest.raises(ValueError, match="no BraTS slices"):
+        BratsSampler(np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), np.zeros((0, 8, 8), np.int64), crop=8)
+    np.savez(tmp_path / "empty.npz", nothing=np.zeros(3))
+    with pytest.raises(ValueError, match="holds no image pairs"):
+        load_training_data("ivif", tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match=r"lacks BraTS arrays \['a', 'b', 'labels'\]"):
+        load_training_data("brats", tmp_path / "empty.npz")
+    (tmp_path / "pairs" / "ir").mkdir(parents=True)
+    (tmp_path / "pairs" / "vi").mkdir()
+    with pytest.raises(FileNotFoundError, match="no pairs with the same name"):
+        load_training_data("ivif", tmp_path / "pairs")
+    with pytest.raises(FileNotFoundError, match="no BraTS cases"):
+        load_training_data("brats", tmp_path / "pairs")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_training_data("brats", tmp_path / "missing.npz")
+
+
+def test_brats_sampler_rejects_out_of_range_training_images():
+    a = np.full((2, 16, 16), 3.0, np.float32)
+    s = BratsSampler(a, a, np.zeros((2, 16, 16), np.int64), crop=8)
+    with pytest.raises(ValueError, match="uint8 or float in \\[0, 1\\]"):
+        s.batch(1)
+
+
+# ---------------------------------------------------------------------------------- model files
+def test_save_load_round_trip_is_exact(tmp_path, brats_runner):
+    tensors, meta = brats_runner.to_bundle()
+    meta["training"] = {"command": "test"}
+    path = save_bundle(tmp_path / "m.safetensors", tensors, meta)
+    back = registry.runner_from_file(path, device="cpu")
+    assert isinstance(back, TDFusionRunner)
+    t2, m2 = back.to_bundle()
+    assert t2.keys() == tensors.keys()
+    for k in tensors:
+        assert torch.equal(t2[k], tensors[k]), k
+    assert back.classes == brats_runner.classes and m2["training"] == {"command": "test"}
+    a, b = _pair(24, 40, seed=5)
+    np.testing.assert_array_equal(back.fuse_and_segment(a, b)[1], brats_runner.fuse_and_segment(a, b)[1])
+    np.testing.assert_array_equal(back.fuse(a, b), brats_runner.fuse(a, b))
+
+
+def test_pickle_and_mismatched_files_are_refused(tmp_path, brats_runner):
+    pkl = tmp_path / "evil.safetensors"
+    torch.save(brats_runner.fusion.state_dict(), pkl)
+    with pytest.raises(ModelFileError, match="pickle"):
+        registry.runner_from_file(pkl)
+    tensors, meta = brats_runner.to_bundle()
+    del tensors["fusion.head1.weight"]
+    save_bundle(tmp_path / "broken.safetensors", tensors, meta)
+    with pytest.raises(ModelFileError, match="does not match the TDFusion architecture"):
+        registry.runner_from_file(tmp_path / "broken.safetensors")
+
+
+def test_missing_weights_file_names_it(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        registry.get_method("tdfusion-brats").build(device="cpu", weights=missing)
+
+
+def test_methods_are_registered_with_their_outputs():
+    td, brats = registry.get_method("tdfusion"), registry.get_method("tdfusion-brats")
+    assert td.family == brats.family == "TDFusion" and td.learned and brats.learned
+    assert td.outputs == ("fused",) and brats.outputs == ("fused", "labels")
+    assert td.weights == IVIF_WEIGHTS and brats.weights == BRATS_WEIGHTS
+    assert [c.index for c in brats.extra["classes"]] == [0, 1, 2, 3, 4]
+
+
+def test_make_classes_rejects_duplicates():
+    with pytest.raises(ValueError, match="unique"):
+        make_classes([(1, "a"), (1, "b")])
+
+
+# ---------------------------------------------------------------------------------- CLI training
+@pytest.fixture(scope="module")
+def tiny_brats(tmp_path_factory):
+    """3 real BraTS training slices with large tumours, also packed as an npz (as the packer writes)."""
+    from napari_fusion.training.data import load_brats_case
+
+    root = shared_data_dir() / "labeled" / "BraTS2015_deepmedic" / "train"
+    d = load_brats_case(sorted(p for p in root.iterdir() if p.is_dir())[0])
+    tumour = np.flatnonzero((d["labels"] > 0).reshape(len(d["labels"]), -1).sum(1) > 800)
+    idx = tumour[np.linspace(0, len(tumour) - 1, 3).round().astype(int)]
+    u8 = lambda x: np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    a, b, lab = u8(d["a"][idx]), u8(d["b"][idx]), d["labels"][idx].astype(np.int64)
+    path = tmp_path_factory.mktemp("brats") / "tiny.npz"
+    np.savez(path, a=a, b=b, labels=lab.astype(np.uint8))
+    return a, b, lab, path
+
+
+@needs_data
+def test_short_real_training_lowers_task_loss(tiny_brats):
+    a, b, lab, _ = tiny_brats
+    sampler = BratsSampler(a, b, lab, crop=40, seed=0)
+    ea, eb, el = sampler.batch(6)  # a fixed evaluation batch of real slices
+    r = new_runner("brats", seed=0)
+    tr = TDFusionTrainer(r, TrainConfig(lr_fusion=2e-3, lr_seg=3e-3, meta_every=8, meta_start=8), "cpu")
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return float(task_loss(r.segmenter(r.fusion(ea, eb)), el))
+
+    before = eval_loss()
+    metas = []
+    for _ in range(40):
+        row = tr.train_step(*sampler.batch(4))
+        if "meta_task" in row:
+            metas.append(row["meta_grad_norm"])
+    after = eval_loss()
+    assert after < 0.7 * before, (before, after)
+    assert len(metas) == 4 and all(g > 0 for g in metas)  # the loss module did get meta-gradients
+
+
+@needs_data
+def test_cli_writes_logs_checkpoints_and_resumes_reproducibly(tmp_path, tiny_brats):
+    common = ["--task", "brats", "--data", str(tiny_brats[3]), "--device", "cpu", "--crop", "24", "--threads", "1",
+              "--batch", "1", "--meta-start", "1", "--log-every", "1", "--eval-slices", "0", "--seed", "3"]
+    rec = main(common + ["--out", str(tmp_path / "a.safetensors"), "--steps", "3", "--log", str(tmp_path / "a.log")])
+    assert rec["steps"] == 3 and "meta_task" in rec["final_losses"] and rec["data"] == str(tiny_brats[3])
+    lines = [json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert (tmp_path / "a.resume.pt").is_file()
+    # the same seed gives the same model
+    main(common + ["--out", str(tmp_path / "b.safetensors"), "--steps", "3"])
+    ta, ma = registry.runner_from_file(tmp_path / "a.safetensors").to_bundle()
+    tb, _ = registry.runner_from_file(tmp_path / "b.safetensors").to_bundle()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert ma["training"]["command"].startswith("python -m napari_fusion.training.tdfusion --task brats")
+    # resume continues from step 3 with the optimiser state
+    rec2 = main(common + ["--out", str(tmp_path / "c.safetensors"), "--steps", "4", "--resume", str(tmp_path / "a.safetensors")])
+    assert rec2["steps"] == 4 and rec2["resumed_from"]["step"] == 3
+
+
+# ---------------------------------------------------------------------------------- shipped weights
+@needs_data
+@_weights(IVIF_WEIGHTS)
+def test_shipped_ivif_weights_fuse_a_real_pair():
+    from napari_fusion.training.data import load_pair_folder
+
+    root = shared_data_dir() / "ivif" / "MSRS"
+    ir, vi = load_pair_folder(root / "ir", root / "vi", limit=1)[0]
+    ir, vi = ir[140:300, 200:440], vi[140:300, 200:440]  # a 160x240 window keeps the test fast
+    r = registry.build_runner("tdfusion", device="cpu", cache=False)
+    fused = r.fuse(ir, vi)
+    assert fused.shape == ir.shape and fused.dtype == np.float32 and np.isfinite(fused).all()
+    corr = lambda x, y: float(np.corrcoef(x.ravel(), y.ravel())[0, 1])  # noqa: E731
+    assert corr(fused, ir) > 0.3 and corr(fused, vi) > 0.3  # both sources show through
+
+    def grad(x):
+        return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
+
+    assert grad(fused) > grad(0.5 * (ir + vi))  # keeps more detail than averaging
+    assert r.meta["training"]["steps"] > 0 and "command" in r.meta["training"]
+
+
+@needs_data
+@_weights(BRATS_WEIGHTS)
+def test_shipped_brats_weights_segment_a_real_test_slice():
+    from napari_fusion.training.data import load_brats_split
+
+    d = load_brats_split("test")
+    z = int(np.argmax((d["labels"] > 0).reshape(len(d["labels"]), -1).sum(1)))  # the largest tumour
+    r = registry.build_runner("tdfusion-brats", device="cpu", cache=False)
+    fused, labels = r.fuse_and_segment(d["a"][z], d["b"][z])
+    assert fused.shape == labels.shape == d["a"][z].shape
+    truth = d["labels"][z] > 0
+    pred = labels > 0
+    dice = 2 * np.logical_and(truth, pred).sum() / (truth.sum() + pred.sum())
+    assert dice > 0.5, f"whole-tumour Dice {dice:.3f} on the test slice with the largest tumour"
