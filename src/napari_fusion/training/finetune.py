@@ -191,6 +191,7 @@ def finetune_steps(
     batch: int = 4,
     meta_every: int = 3,
     inner_lr: float = 1e-2,
+    seg_repeats: int = 3,
     seed: int = 0,
 ) -> Generator[FinetuneProgress, None, Any]:
     """Fine-tune a copy of ``runner`` on painted labels; yields progress, returns the new runner.
@@ -200,7 +201,9 @@ def finetune_steps(
     docstring for ``background_value`` and the two-class rule). ``class_names`` names new classes
     (``{value: name}`` or a list indexed by value). Stop iterating to cancel: the input runner is
     never modified. Each step trains on ``batch`` crops of ``crop`` pixels centred on painted pixels;
-    the meta step (loss module) runs every ``meta_every`` steps.
+    the meta step (loss module) runs every ``meta_every`` steps, the segmenter takes ``seg_repeats``
+    updates per step (it is cheap next to the fusion net). A segmenter created from scratch (the
+    ``tdfusion`` base) trains at 3x ``lr``.
 
     Bad input (sources or labels of other shapes, NaN, nothing painted, a single class, a model that
     cannot be fine-tuned) raises here, when called, before any generator is returned.
@@ -235,12 +238,14 @@ def finetune_steps(
         )
     return _finetune_tdfusion(
         runner, a, b, targets, present, steps=int(steps), lr=float(lr), class_names=class_names, device=device,
-        background_value=background_value, crop=crop, batch=batch, meta_every=meta_every, inner_lr=inner_lr, seed=seed,
+        background_value=background_value, crop=crop, batch=batch, meta_every=meta_every, inner_lr=inner_lr,
+        seg_repeats=seg_repeats, seed=seed,
     )
 
 
 def _finetune_tdfusion(
-    runner, a, b, targets, present, *, steps, lr, class_names, device, background_value, crop, batch, meta_every, inner_lr, seed
+    runner, a, b, targets, present, *, steps, lr, class_names, device, background_value, crop, batch, meta_every, inner_lr,
+    seg_repeats, seed,
 ) -> Generator[FinetuneProgress, None, Any]:
     from .tdfusion import TDFusionTrainer, TrainConfig
 
@@ -249,9 +254,11 @@ def _finetune_tdfusion(
     notes = _prepare_segmenter(new, present, class_names, seed, background_value is not None)
     counts = np.bincount(targets[targets != IGNORE_INDEX], minlength=new.segmenter.n_classes)
     weights = class_weights_from_counts(np.where(counts > 0, counts, counts[counts > 0].max())).tolist()
+    fresh = not runner.has_segmenter
     cfg = TrainConfig(
-        lr_fusion=lr, lr_seg=lr, lr_loss=lr, inner_lr=inner_lr, meta_every=meta_every, meta_start=0,
-        class_weights=weights,
+        # a segmenter made from scratch learns faster and more often than the pretrained fusion net moves
+        lr_fusion=lr, lr_seg=lr * (3.0 if fresh else 1.0), lr_loss=lr, inner_lr=inner_lr,
+        meta_every=meta_every, meta_start=0, class_weights=weights, seg_repeats=seg_repeats,
     )
     trainer = TDFusionTrainer(new, cfg, device if device is not None else runner.device)
     sampler = _StrokeSampler(a, b, targets, crop, seed)
@@ -281,7 +288,7 @@ def _finetune_tdfusion(
     history.append(
         {
             "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
-            "meta_every": int(meta_every), "seed": int(seed), "background_value": background_value,
+            "meta_every": int(meta_every), "seg_repeats": int(seg_repeats), "seed": int(seed), "background_value": background_value,
             "painted_pixels": {str(c): int(counts[c]) for c in present},
             "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
             "first_batch_losses": {k: round(float(v), 5) for k, v in first.items()},

@@ -197,6 +197,7 @@ class TrainConfig:
     class_weights: list[float] | None = None
     train_fusion: bool = True
     train_seg: bool = True
+    seg_repeats: int = 1  # segmenter updates per step on the same fused batch (cheap; helps a fresh head)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -268,10 +269,13 @@ class TDFusionTrainer:
         if c.train_fusion:
             out |= fusion_step(self.fusion, self.loss_net, a, b, self.opt_fusion, grad_weight=c.grad_weight, amp=c.amp)
         if has_task and c.train_seg:
-            out |= segmenter_step(
-                self.fusion, self.segmenter, a, b, labels, self.opt_seg,
-                ignore_index=c.ignore_index, class_weights=self.class_weights, amp=c.amp,
-            )
+            with torch.no_grad(), _autocast(a.device, c.amp):
+                fused = _f32(self.fusion(a, b))
+            for _ in range(max(1, c.seg_repeats)):
+                out |= segmenter_step(
+                    self.fusion, self.segmenter, a, b, labels, self.opt_seg,
+                    ignore_index=c.ignore_index, class_weights=self.class_weights, amp=c.amp, fused=fused,
+                )
         self.step += 1
         return out
 
