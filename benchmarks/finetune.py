@@ -214,7 +214,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps for BraTS")
     ap.add_argument("--msrs-steps", type=int, nargs="+", default=[15, 60], help="fine-tuning steps for MSRS")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-ivif", type=float, default=3e-3)
+    ap.add_argument("--lr-ivif", type=float, default=1e-3)
     ap.add_argument("--frac", type=float, default=0.01, help="fraction of pixels painted")
     ap.add_argument("--stride", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@
 # src/napari_fusion/weights/README.md.
 set -euo pipefail
 DATA=${1:?data dir}; OUT=${2:?out dir}; BUDGET=${3:-420}; DEV=${4:-auto}
-MODELS=${MODELS:-"tdfusion_brats tdfusion_ivif gifnet multitaskvif"}
+MODELS=${MODELS:-"tdfusion_brats tdfusion_ivif gifnet multitaskvif_brats"}
 # cuDNN's deterministic kernels make the meta step's double backward ~20x slower (12 s vs 0.56 s per
 # step, measured on an H200): GPU runs are seeded but not bitwise reproducible; CPU runs are.
 DET=""; [ "$DEV" = "cpu" ] || DET="--no-deterministic"

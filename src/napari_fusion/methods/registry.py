@@ -171,9 +171,11 @@ def runner_from_file(path: str | Path, device: str = "cpu"):
 
 
 def default_method() -> str:
-    """The method used when none is named: GIFNet (one model for every pair) when available."""
+    """The method used when none is named: GIFNet (one model for every pair) when its weights are
+    installed, else the next learned method with weights, else the Laplacian pyramid."""
     _ensure_loaded()
     for name in ("gifnet", "tdfusion", "laplacian"):
-        if name in _METHODS:
+        m = _METHODS.get(name)
+        if m is not None and (m.weights_path is None or m.weights_path.is_file()):
             return name
     return next(iter(_METHODS))

@@ -369,13 +369,22 @@ def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
+def _with_stem_biases(sub: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files from before the stems had biases: a zero bias is the same network."""
+    for stem in ("stem_a", "stem_b"):
+        w = sub.get(f"{stem}.weight")
+        if w is not None and f"{stem}.bias" not in sub:
+            sub[f"{stem}.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+    return sub
+
+
 def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: str | torch.device = "cpu") -> TDFusionRunner:
     """Rebuild a runner from a model file's tensors and metadata (strict: every tensor must fit)."""
     cfg = meta.get("config") or {}
     fusion = FusionNet(**(cfg.get("fusion") or {}))
-    fusion.load_state_dict(_sub(tensors, "fusion"), strict=True)
+    fusion.load_state_dict(_with_stem_biases(_sub(tensors, "fusion")), strict=True)
     loss_net = LossNet(**(cfg.get("loss") or {}))
-    lt = _sub(tensors, "loss")
+    lt = _with_stem_biases(_sub(tensors, "loss"))
     if lt:
         loss_net.load_state_dict(lt, strict=True)
     seg = None

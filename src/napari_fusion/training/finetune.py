@@ -31,6 +31,8 @@ import torch
 
 from .losses import IGNORE_INDEX, class_weights_from_counts, task_loss
 
+SEGMENTER_MAX_LR = 1e-3  # fine-tuning never moves the segmenter faster than this (see _finetune_tdfusion)
+
 __all__ = [
     "FinetuneProgress",
     "finetune_steps",
@@ -138,7 +140,7 @@ def _prepare_segmenter(runner, present: Sequence[int], class_names, seed: int, b
 
 
 class _StrokeSampler:
-    """Crops centred on painted pixels (class chosen uniformly, then a pixel of it), random h-flips."""
+    """Crops centred on painted pixels (classes in turn, then a random pixel of the class), random h-flips."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, targets: np.ndarray, crop: int, seed: int):
         mult = 8
@@ -162,8 +164,11 @@ class _StrokeSampler:
         A = np.empty((n, 1, ch, cw), np.float32)
         B = np.empty((n, 1, ch, cw), np.float32)
         T = np.empty((n, ch, cw), np.int64)
+        # every class in every batch (in a shuffled order): a batch of one class only would just push
+        # the segmenter's bias towards that class, and the next batch back (the loss oscillates)
+        order = [self.classes[int(k)] for k in rng.permutation(len(self.classes))]
         for i in range(n):
-            c = self.classes[int(rng.integers(len(self.classes)))]
+            c = order[i % len(order)]
             flat = self.by_class[c][int(rng.integers(len(self.by_class[c])))]
             y, x = divmod(int(flat), W)
             y0 = int(np.clip(y - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, H - ch))
@@ -191,7 +196,7 @@ def finetune_steps(
     batch: int = 4,
     meta_every: int = 3,
     inner_lr: float = 1e-2,
-    seg_repeats: int = 3,
+    seg_repeats: int = 8,
     seed: int = 0,
 ) -> Generator[FinetuneProgress, None, Any]:
     """Fine-tune a copy of ``runner`` on painted labels; yields progress, returns the new runner.
@@ -202,8 +207,7 @@ def finetune_steps(
     (``{value: name}`` or a list indexed by value). Stop iterating to cancel: the input runner is
     never modified. Each step trains on ``batch`` crops of ``crop`` pixels centred on painted pixels;
     the meta step (loss module) runs every ``meta_every`` steps, the segmenter takes ``seg_repeats``
-    updates per step (it is cheap next to the fusion net). A segmenter created from scratch (the
-    ``tdfusion`` base) trains at 3x ``lr``.
+    updates per step (it is cheap next to the fusion net).
 
     Bad input (sources or labels of other shapes, NaN, nothing painted, a single class, a model that
     cannot be fine-tuned) raises here, when called, before any generator is returned.
@@ -256,9 +260,11 @@ def _finetune_tdfusion(
     weights = class_weights_from_counts(np.where(counts > 0, counts, counts[counts > 0].max())).tolist()
     fresh = not runner.has_segmenter
     cfg = TrainConfig(
-        # a segmenter made from scratch learns faster and more often than the pretrained fusion net moves
-        lr_fusion=lr, lr_seg=lr * (3.0 if fresh else 1.0), lr_loss=lr, inner_lr=inner_lr,
-        meta_every=meta_every, meta_start=0, class_weights=weights, seg_repeats=seg_repeats,
+        # the segmenter's rate is capped at 1e-3: above it (Adam + per-pixel LayerNorm) a few painted
+        # pixels threw it into one class everywhere on real pairs; it gets more updates per step
+        # instead (seg_repeats, cheap next to the fusion net)
+        lr_fusion=lr, lr_seg=min(lr, SEGMENTER_MAX_LR), lr_loss=lr, inner_lr=inner_lr,
+        meta_every=meta_every, meta_start=0, class_weights=weights, seg_repeats=seg_repeats, seg_clip=1.0,
     )
     trainer = TDFusionTrainer(new, cfg, device if device is not None else runner.device)
     sampler = _StrokeSampler(a, b, targets, crop, seed)

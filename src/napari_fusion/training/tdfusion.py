@@ -158,10 +158,13 @@ def segmenter_step(
     class_weights: torch.Tensor | None = None,
     amp: bool = False,
     fused: torch.Tensor | None = None,
+    clip: float | None = None,
 ) -> dict[str, float]:
     """(iii) One optimiser step of the segmenter on the task loss of the detached fused image.
 
-    ``fused`` may be given directly (e.g. a single source, for the benchmark's baselines).
+    ``fused`` may be given directly (e.g. a single source, for the benchmark's baselines); ``clip``
+    caps the gradient norm (fine-tuning: a few noisy painted pixels must not throw the head into
+    predicting one class everywhere).
     """
     if fused is None:
         with torch.no_grad(), _autocast(a.device, amp):
@@ -171,6 +174,8 @@ def segmenter_step(
     lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
     opt_seg.zero_grad(set_to_none=True)
     lt.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(segmenter.parameters(), clip)
     opt_seg.step()
     with torch.no_grad():
         valid = labels != ignore_index
@@ -198,6 +203,7 @@ class TrainConfig:
     train_fusion: bool = True
     train_seg: bool = True
     seg_repeats: int = 1  # segmenter updates per step on the same fused batch (cheap; helps a fresh head)
+    seg_clip: float | None = None  # gradient-norm cap of the segmenter updates (None: no cap)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -274,7 +280,7 @@ class TDFusionTrainer:
             for _ in range(max(1, c.seg_repeats)):
                 out |= segmenter_step(
                     self.fusion, self.segmenter, a, b, labels, self.opt_seg,
-                    ignore_index=c.ignore_index, class_weights=self.class_weights, amp=c.amp, fused=fused,
+                    ignore_index=c.ignore_index, class_weights=self.class_weights, amp=c.amp, fused=fused, clip=c.seg_clip,
                 )
         self.step += 1
         return out
