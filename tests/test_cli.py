@@ -176,6 +176,14 @@ def test_unknown_method_is_an_error_exit(folders, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:x"])
+def test_unknown_device_is_bad_usage_before_any_work(folders, capsys, device):
+    a, b, out = folders
+    assert main(["fuse", str(a), str(b), "-m", "average", "--out", str(out), "--device", device]) == 2
+    assert f"unknown device {device!r}" in capsys.readouterr().err
+    assert not out.exists()  # nothing was started
+
+
 def test_segment_fused_folder(tmp_path, monkeypatch, capsys):
     import imageio.v3 as iio
 

@@ -385,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (1 if any pair/file failed)."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # a device that is not there: bad usage, before any work
+            from .engine.device import resolve_device
+
+            resolve_device(args.device)
         return int(args.func(args) or 0)
     except (KeyError, ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
