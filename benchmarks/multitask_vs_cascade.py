@@ -22,6 +22,11 @@ Writes ``docs/results/multitask.md`` and ``.csv`` atomically::
     python benchmarks/multitask_vs_cascade.py                        # CPU (+ CUDA when present)
     python benchmarks/multitask_vs_cascade.py --device cuda --repeats 50
     python benchmarks/multitask_vs_cascade.py --limit 40 --out /tmp/mt   # a quick look
+    python benchmarks/multitask_vs_cascade.py --gpu-section-only           # refresh only the GPU table
+
+The GPU table ("Measured earlier on an NVIDIA H200") is read from ``benchmarks/speed.py`` CSV files
+(``--gpu-speed``, default ``docs/results/h200/speed_cuda_*.csv``): timings of ``runner.fuse`` taken in a
+GPU session lent to the project, kept as files because this machine has no GPU.
 """
 from __future__ import annotations
 
@@ -213,6 +218,60 @@ def _finetune_ivif(mt, steps: int, lr: float) -> tuple[list, list, str]:
     return rows, csv_rows, note
 
 
+GPU_SECTION = "## Measured earlier on an NVIDIA H200"
+GPU_SPEED_DEFAULT = ("h200/speed_cuda_multitaskvif.csv", "h200/speed_cuda_tdfusion.csv")
+
+
+def _gpu_section(paths) -> str:
+    """Markdown section from ``benchmarks/speed.py`` CSVs: rows of multitaskvif and tdfusion-brats."""
+    import csv
+
+    rows, sources = [], []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        with path.open(newline="") as fh:
+            got = [r for r in csv.DictReader(fh) if r["method"] in ("multitaskvif", "tdfusion-brats", "tdfusion")]
+        if got:
+            sources.append(f"`{path.relative_to(RESULTS.parent.parent) if path.is_relative_to(RESULTS.parent.parent) else path}` "
+                           f"(measured {got[0]['measured']})")
+        rows += got
+    if not rows:
+        return ""
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: [int(x) for x in s.split("x")])
+    table = []
+    for m in ("multitaskvif", "tdfusion-brats", "tdfusion"):
+        mine = {r["size"]: r for r in rows if r["method"] == m}
+        if mine:
+            any_r = next(iter(mine.values()))
+            table.append([m, any_r["device"], int(any_r["parameters"])] + [float(mine[s]["ms_median"]) if s in mine else float("nan") for s in sizes])
+    return f"""
+{GPU_SECTION}
+
+**Not measured by this run** and not on this machine: `benchmarks/speed.py` on an NVIDIA H200 (torch
+2.11.0+cu130, 2 CPU threads) in a GPU session lent to the project; median of 5 `runner.fuse(a, b)` calls
+after warm-up. Sources: {"; ".join(sources)}. `runner.fuse` gives the fused image only: for
+`multitaskvif` it runs the shared encoder and the fusion path (the segmentation path is skipped), for
+`tdfusion-brats` the fusion net only (its segmenter is not run), so these are **fusion-only** times,
+not the full one-pass (image + labels) cost of the CPU table above. `parameters` is what `speed.py`
+counted then: every module of the model file (for `tdfusion-brats` fusion net + loss module + segmenter,
+for `tdfusion` fusion net + loss module), with the code of that time; later commits added stem biases
+and a segmenter input layer (a few hundred parameters, the same cost). `tdfusion` (the
+infrared/visible model, same fusion net) is listed for reference.
+
+{markdown_table(["method", "device", "parameters"] + [f"ms {s}" for s in sizes], table, digits=[0, 0, 0] + [2] * len(sizes))}
+"""
+
+
+def _replace_gpu_section(text: str, section: str) -> str:
+    i = text.find(GPU_SECTION)
+    if i >= 0:
+        j = text.find("\n## ", i + len(GPU_SECTION))
+        text = text[:i].rstrip("\n") + "\n" + (text[j:] if j >= 0 else "")
+    return text.rstrip("\n") + "\n" + section
+
+
 def _training_note(runner) -> str:
     t = runner.meta.get("training") or {}
     if not t:
@@ -233,7 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps from strokes (0: skip that section)")
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(RESULTS / "multitask"), help="output stem (.md and .csv are written)")
+    ap.add_argument("--gpu-speed", nargs="*", default=[str(RESULTS / p) for p in GPU_SPEED_DEFAULT],
+                    help="benchmarks/speed.py CSVs measured on a GPU elsewhere, shown in their own section")
+    ap.add_argument("--gpu-section-only", action="store_true",
+                    help="only (re)write the GPU section of an existing OUT.md; nothing is measured")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.gpu_section_only:
+        md = out.with_suffix(".md")
+        write_text(md, _replace_gpu_section(md.read_text(encoding="utf-8"), _gpu_section(args.gpu_speed)))
+        print_flush(f"rewrote the GPU section of {md}")
+        return 0
 
     import torch
 
@@ -344,7 +413,6 @@ object" and "cool background"): {inote}.
 """
 
     # ---------------------------------------------------------------- write
-    out = Path(args.out)
     write_csv(out.with_suffix(".csv"), ["section", "model", "quantity", "value"], csv_rows)
     seg_headers = (["model"] + [f"Dice {n}" for n in class_names] + ["mean Dice tumour classes"]
                    + [f"Dice {k}" for k in REGIONS] + [f"IoU {n}" for n in class_names[1:]] + ["mIoU"])
@@ -375,8 +443,8 @@ object" and "cool background"): {inote}.
     holds = better and mt_params < td_inf and macs["MultiTaskVIF"][0] < macs["TDFusion cascade"][0]
     text = f"""# MultiTaskVIF vs TDFusion's cascade on the BraTS test cases
 
-Written by `benchmarks/multitask_vs_cascade.py` ({environment(devices[-1])}). Rerun it rather than
-editing this file.
+Written by `python benchmarks/multitask_vs_cascade.py {" ".join(sys.argv[1:] if argv is None else argv)}`
+({environment(devices[-1])}). Rerun it rather than editing this file.
 
 Data: the {n_cases} held-out BraTS 2015 test cases (`labeled/BraTS2015_deepmedic/test`), {len(a)} axial
 slices with brain (FLAIR = A, T1c = B, unit intensities inside the brain mask, as in training).
@@ -407,6 +475,7 @@ on unit images (padding included), {args.threads} CPU threads. Best value per co
 better for every metric here); on a shared, loaded machine the
 absolute numbers vary between runs, their ratio much less.
 {ft_text}"""
+    text = _replace_gpu_section(text, _gpu_section(args.gpu_speed))
     write_text(out.with_suffix(".md"), text)
     print_flush(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
     return 0
