@@ -30,6 +30,7 @@ __all__ = [
     "dataset_names",
     "iter_pairs",
     "msrs_test_names",
+    "held_out_names",
     "markdown_table",
     "write_csv",
     "read_csv",
@@ -68,24 +69,43 @@ class Dataset:
     note: str = ""
 
 
-def msrs_test_names(names: Sequence[str]) -> list[str]:
-    """MSRS held-out test pairs: every 5th of the sorted names (index % 5 == 0); training uses the rest."""
+def held_out_names(names: Sequence[str]) -> list[str]:
+    """Held-out test pairs: every 5th of the sorted names (index % 5 == 0).
+
+    The training code uses only the rest (``napari_fusion.training.pack.training_names``, also
+    ``training.gifnet.load_gifnet_data``), for every pair folder: MSRS, RoadScene, MRI/CT, MRI/PET.
+    """
     return [n for i, n in enumerate(sorted(names)) if i % 5 == 0]
+
+
+def msrs_test_names(names: Sequence[str]) -> list[str]:
+    """MSRS held-out test pairs (same rule as :func:`held_out_names`)."""
+    return held_out_names(names)
 
 
 DATASETS: dict[str, Dataset] = {
     d.key: d
     for d in (
-        Dataset("roadscene", "RoadScene (IR / visible)", "ivif/RoadScene", "pairs", "ir", "vi"),
         Dataset(
-            "msrs", "MSRS test (IR / visible)", "ivif/MSRS", "pairs", "ir", "vi", msrs_test_names,
+            "roadscene", "RoadScene (IR / visible)", "ivif/RoadScene", "pairs", "ir", "vi", held_out_names,
             "held-out pairs: sorted index % 5 == 0",
         ),
-        Dataset("mri_ct", "MRI / CT", "medical/MRI_CT", "pairs", "MRI", "CT"),
-        Dataset("mri_pet", "MRI / PET", "medical/MRI_PET", "pairs", "MRI", "PET"),
+        Dataset(
+            "msrs", "MSRS test (IR / visible)", "ivif/MSRS", "pairs", "ir", "vi", held_out_names,
+            "held-out pairs: sorted index % 5 == 0",
+        ),
+        Dataset(
+            "mri_ct", "MRI / CT", "medical/MRI_CT", "pairs", "MRI", "CT", held_out_names,
+            "held-out pairs: sorted index % 5 == 0",
+        ),
+        Dataset(
+            "mri_pet", "MRI / PET", "medical/MRI_PET", "pairs", "MRI", "PET", held_out_names,
+            "held-out pairs: sorted index % 5 == 0",
+        ),
         Dataset(
             "pan_ms", "PAN / MS intensity", "remote", "remote",
-            note="A = PAN, B = luma of the MS RGB bands brought onto the PAN grid",
+            note="all scenes; A = PAN, B = luma of the MS RGB bands brought onto the PAN grid; "
+            "the shipped weights saw no PAN/MS data",
         ),
     )
 }

@@ -85,18 +85,26 @@ def dataset_table(rows: list[dict], dataset: str) -> str:
     )
 
 
-def render_markdown(rows: list[dict], env: str, failures: list[str]) -> str:
+def render_markdown(rows: list[dict], env: str, failures: list[str], command: str = "", limit: int | None = None) -> str:
     out = [
         "# Fusion quality on the real test pairs",
         "",
         "Written by `python benchmarks/fusion_quality.py` (see `benchmarks/README.md`); do not edit by hand.",
         f"Last run: {env}. Rows from earlier runs are kept (CSV column `measured`).",
+    ]
+    if command:
+        out.append(f"Command of the last run: `{command}`.")
+    if limit:
+        out.append(f"Subset: at most {limit} test pairs per dataset, the first in name order (column `pairs`).")
+    out += [
         "",
         "Means over the pairs of each dataset; all metrics are higher-is-better; the best value of each",
         "column is bold. Computed on 8-bit gray / Y (BT.601) images, 0..255, as the field's evaluators do:",
         "MI, VIF, SSIM and SCD sum the two source terms. MI is in bits (nats x 1.4427); SSIM uses",
-        "`data_range=255` (see `napari_fusion/metrics/fusion.py`). Learned methods may have been trained on",
-        "RoadScene and the medical pairs; only MSRS has a held-out split (sorted index % 5 == 0).",
+        "`data_range=255` (see `napari_fusion/metrics/fusion.py`). Test pairs are the held-out pairs",
+        "(sorted index % 5 == 0) of RoadScene, MSRS, MRI/CT and MRI/PET: the shipped `gifnet` and",
+        "`tdfusion` weights were trained on the other pairs only (`napari_fusion/training/pack.py`).",
+        "PAN/MS: all four scenes, none of them used in training.",
         "",
     ]
     for key, d in DATASETS.items():
@@ -168,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     old = [] if args.fresh else read_csv(args.out.with_suffix(".csv"))
     rows = _merge(old, [{k: (str(v) if not isinstance(v, float) else repr(v)) for k, v in r.items()} for r in new_rows])
     write_csv(args.out.with_suffix(".csv"), HEADERS, [[r.get(h, "") for h in HEADERS] for r in rows])
-    write_text(args.out.with_suffix(".md"), render_markdown(rows, env, failures))
+    command = " ".join(["python benchmarks/fusion_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    write_text(args.out.with_suffix(".md"), render_markdown(rows, env, failures, command, args.limit))
     if args.per_pair:
         cols = ["dataset", "pair", "method", *METRIC_NAMES]
         write_csv(args.per_pair, cols, [[r[c] for c in cols] for r in per_pair_rows])

@@ -346,6 +346,23 @@ def test_markdown_table_and_csv_helpers(tmp_path):
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
+def test_benchmark_test_pairs_are_the_pairs_training_holds_out():
+    """Every pair folder's benchmark pairs are sorted index % 5 == 0, disjoint from the training names."""
+    from napari_fusion.training.pack import training_names
+
+    common = _benchmark_module("_common")
+    root = shared_data_dir()
+    for key in ("roadscene", "msrs", "mri_ct", "mri_pet"):
+        d = common.DATASETS[key]
+        fa = root / d.folder / d.sub_a
+        names = sorted(p.name for p in fa.iterdir() if (root / d.folder / d.sub_b / p.name).is_file())
+        test = d.select(names)
+        assert test == names[::5] and len(test) >= 5, key
+        assert not set(test) & set(training_names(fa)), key
+        assert len(test) + len(training_names(fa)) == len(names), key
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
 def test_fusion_quality_benchmark_one_pair(tmp_path):
     """The benchmark's table holds exactly the metrics of the fused pair it loads."""
     fq = _benchmark_module("fusion_quality")
