@@ -25,7 +25,7 @@ from napari_fusion.training.gifnet import (
     ssim,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # shared 2-core machine: one thread per test process
 needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
 SHIPPED = registry.WEIGHTS_DIR / WEIGHTS
 needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped weights {WEIGHTS} not trained yet")
