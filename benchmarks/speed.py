@@ -13,6 +13,7 @@ Writes ``docs/results/speed.md`` and ``.csv`` atomically.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -22,7 +23,9 @@ import numpy as np
 
 from _common import RESULTS, environment, markdown_table, method_names, print_flush, read_csv, write_csv, write_text
 
-HEADERS = ["method", "device", "size", "ms_median", "ms_min", "ms_max", "ms_per_megapixel", "parameters", "repeats", "measured"]
+HEADERS = ["method", "device", "size", "ms_median", "ms_min", "ms_max", "ms_per_megapixel", "parameters", "repeats", "measured",
+           "environment", "command"]
+DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU (CUDA)", "mps": "Apple GPU (MPS)"}
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -118,37 +121,52 @@ def _num(v):
         return float(v)
 
 
-def render_markdown(rows: list[dict], env: str, failures: list[str]) -> str:
+def _device_tables(rows: list[dict], device: str) -> list[str]:
+    """Time table, ms/MP table and provenance lines of one device's rows."""
+    rows = [r for r in rows if r["device"] == device]
     sizes = list(dict.fromkeys(r["size"] for r in rows))
-    devices = list(dict.fromkeys(r["device"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cols = [(d, s) for d in devices for s in sizes]
-    lookup = {(r["method"], r["device"], r["size"]): r for r in rows}
+    lookup = {(r["method"], r["size"]): r for r in rows}
     body = []
     for m in methods:
         params = next((_num(r["parameters"]) for r in rows if r["method"] == m and r["parameters"] not in ("", None)), None)
-        cells = [lookup.get((m, d, s)) for d, s in cols]
-        body.append([m, params, *[_num(c["ms_median"]) if c else None for c in cells]])
-    headers = ["method", "parameters", *[f"{d} {s} (ms)" for d, s in cols]]
+        body.append([m, params, *[_num(lookup[(m, s)]["ms_median"]) if (m, s) in lookup else None for s in sizes]])
+    per_mp = [[m, *[_num(lookup[(m, s)]["ms_per_megapixel"]) if (m, s) in lookup else None for s in sizes]] for m in methods]
+    out = [f"## {DEVICE_TITLES.get(device, device)}", ""]
+    runs = list(dict.fromkeys((r.get("measured") or "?", r.get("environment") or "", r.get("command") or "") for r in rows))
+    for measured, env, cmd in runs:
+        which = sorted({r["method"] for r in rows if (r.get("measured") or "?", r.get("environment") or "", r.get("command") or "") == (measured, env, cmd)},
+                       key=methods.index)
+        line = f"- Measured {measured}" + (f", {env}" if env else "") + (f"; command `{cmd}`" if cmd else "")
+        out.append(line + f" ({', '.join(which)}).")
+    out += [
+        "",
+        markdown_table(["method", "parameters", *[f"{s} (ms)" for s in sizes]], rows=body, digits=[0, 0, *([2] * len(sizes))]),
+        "",
+        "Cost per megapixel (median ms / MP): constant across sizes when the cost grows linearly with pixels.",
+        "",
+        markdown_table(["method", *sizes], per_mp, digits=[0, *([1] * len(sizes))]),
+        "",
+    ]
+    return out
+
+
+def render_markdown(rows: list[dict], env: str, failures: list[str]) -> str:
+    devices = list(dict.fromkeys(r["device"] for r in rows))
     out = [
         "# Speed: milliseconds per fused pair",
         "",
         "Written by `python benchmarks/speed.py` (see `benchmarks/README.md`); do not edit by hand.",
-        f"Last run: {env}. Rows from earlier runs are kept (CSV column `measured`).",
+        f"Last run: {env}. Rows from earlier runs are kept (CSV columns `measured`, `environment`, `command`);",
+        "each device has its own table with the runs its rows come from.",
         "",
         "Median of repeated `runner.fuse(a, b)` calls on one pair of gray unit images after warm-up: the",
         "method itself, without file I/O, colour conversion or tiling. `—`: not measured (no such device",
         "or the method failed). Parameters: scalar weights of the torch modules (classical methods have none).",
         "",
-        markdown_table(headers, body, digits=[0, 0, *([2] * len(cols))]),
-        "",
-        "Cost per megapixel (median ms / MP): constant across sizes when the cost grows linearly with pixels.",
-        "",
     ]
-    per_mp = []
-    for m in methods:
-        per_mp.append([m, *[_num(lookup[(m, d, s)]["ms_per_megapixel"]) if (m, d, s) in lookup else None for d, s in cols]])
-    out += [markdown_table(["method", *[f"{d} {s}" for d, s in cols]], per_mp, digits=[0, *([1] * len(cols))]), ""]
+    for d in devices:
+        out += _device_tables(rows, d)
     if failures:
         out += ["## Not measured in the last run", ""] + [f"- {f}" for f in failures] + [""]
     return "\n".join(out)
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(known)}")
     env = environment(",".join(devices))
     stamp = ", ".join(env.split(", ")[:2])
+    machine = ", ".join(env.split(", ")[2:]) + f", {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the start)"
+    command = " ".join(["python benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)])
     print_flush(f"# speed: {env}")
 
     new_rows, failures = [], []
@@ -203,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_flush(f"{m} on {dev}: FAILED {type(err).__name__}: {err}")
                 continue
             for r in rows:
-                r["measured"] = stamp
+                r["measured"], r["environment"], r["command"] = stamp, machine, command
                 print_flush(f"{m:>16} {dev:>5} {r['size']:>9}: {r['ms_median']:9.1f} ms  (params {r['parameters']})")
             new_rows += rows
 
