@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -154,6 +155,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (e.g. 0,1,2): each input's segmenter is "
+                    "trained once per seed and the table gives the mean, with a per-seed table (default: --seed)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stride", type=int, default=2, help="use every k-th test slice")
@@ -186,12 +189,19 @@ def main(argv=None) -> dict:
         "t1c": (train["b"], test["b"]),
         "average": (0.5 * (train["a"] + train["b"]), 0.5 * (test["a"] + test["b"])),
     }
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     rows: dict[str, dict[str, float]] = {}
+    per_seed: dict[str, list[dict[str, float]]] = {}
     for name, (xtr, xte) in inputs.items():
-        t = time.time()
-        seg = train_segmenter(xtr.astype(np.float32), train["labels"], args.steps, args.crop, args.batch, args.seed, device)
-        rows[f"{name} (segmenter trained {args.steps} steps)"] = scores(predict(seg, xte.astype(np.float32), device), test["labels"])
-        print(f"{name}: {time.time() - t:.0f} s, {json.dumps({k: round(v, 3) for k, v in rows[list(rows)[-1]].items()})}", flush=True)
+        per_seed[name] = []
+        for seed in seeds:
+            t = time.time()
+            seg = train_segmenter(xtr.astype(np.float32), train["labels"], args.steps, args.crop, args.batch, seed, device)
+            per_seed[name].append(scores(predict(seg, xte.astype(np.float32), device), test["labels"]))
+            print(f"{name} seed {seed}: {time.time() - t:.0f} s, {json.dumps({k: round(v, 3) for k, v in per_seed[name][-1].items()})}", flush=True)
+        rows[f"{name} (segmenter trained {args.steps} steps)"] = {
+            k: float(np.nanmean([r[k] for r in per_seed[name]])) for k in per_seed[name][0]
+        }
     runner.to(device)
     shipped_pred = predict(runner.segmenter, fused_test, device)
     rows["tdfusion-brats shipped (joint segmenter)"] = scores(shipped_pred, test["labels"])
@@ -203,6 +213,25 @@ def main(argv=None) -> dict:
     lines = [head] + [
         f"| {k} | " + " | ".join("n/a" if not np.isfinite(v[c]) else f"{v[c]:.3f}" for c in cols) + " |" for k, v in rows.items()
     ]
+    seed_lines = []
+    if len(seeds) > 1:
+        key_cols = ("mean Dice (tumour classes)", "Dice/whole tumour")
+        seed_lines = [
+            "Per seed (mean Dice over the tumour classes / whole-tumour Dice); the table above is the mean over seeds:",
+            "",
+            "| input | " + " | ".join(f"seed {sd}" for sd in seeds) + " |",
+            "|---|" + "---|" * len(seeds),
+        ]
+        for name in inputs:
+            seed_lines.append(f"| {name} | " + " | ".join(
+                f"{r[key_cols[0]]:.3f} / {r[key_cols[1]]:.3f}" for r in per_seed[name]) + " |")
+        bests = []
+        for i in range(len(seeds)):
+            bests.append("mean: " + max(inputs, key=lambda n: per_seed[n][i][key_cols[0]])
+                         + ", whole: " + max(inputs, key=lambda n: per_seed[n][i][key_cols[1]]))
+        seed_lines.append("| best input | " + " | ".join(bests) + " |")
+        n_best = sum(max(inputs, key=lambda n: per_seed[n][i][key_cols[0]]) == "tdfusion" for i in range(len(seeds)))
+        seed_lines += ["", f"TDFusion's fused image has the best tumour-class mean in {n_best} of {len(seeds)} seeds.", ""]
     training = runner.meta.get("training", {})
     text = "\n".join(
         [
@@ -214,7 +243,8 @@ def main(argv=None) -> dict:
             f"({len(test['a'])} slices, 240x240), pooled over all slices. Training data: train + validation cases, "
             f"every {args.train_stride}th slice ({len(train['a'])} of {n_train_all} slices). Each row except the last trains the same U-Net segmenter "
             f"({sum(p.numel() for p in Segmenter(5).parameters())} parameters) for {args.steps} steps of "
-            f"{args.batch} crops of {args.crop} px, seed {args.seed}, same crops and class weights, on its input.",
+            f"{args.batch} crops of {args.crop} px, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
+            f"(the same crops and class weights for every input in one seed), on its input.",
             "",
             *lines,
             "",
@@ -222,12 +252,14 @@ def main(argv=None) -> dict:
             "",
             *verdict(rows),
             "",
+            *seed_lines,
             f"Shipped `tdfusion-brats` model: {training.get('steps', '?')} training steps, "
             f"{training.get('seconds', '?')} s on {training.get('device', '?')} (`{training.get('command', '?')}`).",
             f"Fusion net speed, one 480x640 pair: {ms_cpu:.0f} ms on CPU ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})"
             + (f", {ms_dev:.1f} ms on {device}" if ms_dev is not None else "")
             + ".",
-            f"Benchmark wall time {time.time() - t_all:.0f} s on {device}.",
+            f"Benchmark wall time {time.time() - t_all:.0f} s on {device}; machine: {os.cpu_count()} CPU cores, "
+            f"load average {os.getloadavg()[1]:.1f} over the last 5 minutes of the run (other jobs share it).",
             "",
             "Reading: per-class Dice of the rare classes (necrosis, non-enhancing tumour) is noisy with two test "
             "cases; the whole-tumour Dice and the tumour-class mean are the numbers to compare. The claim of the "
