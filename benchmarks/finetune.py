@@ -161,12 +161,13 @@ def part_brats(args, device) -> list[str]:
     cols = ["Dice/whole tumour", "mean Dice (tumour)", "mean IoU (tumour)"] + [f"Dice/{c[1]}" for c in BRATS_CLASSES[1:]]
     counts = {int(v): int((painted == v).sum()) for v in np.unique(painted) if v}
     lines = [
-        "## BraTS: strokes from the ground truth of 3 test slices, scored on the other test slices",
+        f"## BraTS: strokes from the ground truth of 3 test slices, scored on the other test slices{args.tag and ' (' + args.tag + ')'}",
         "",
         f"Stroke slices: test case 0, axial z = {[int(te['z'][i]) for i in pick]} (as one 240x720 mosaic); "
         f"painted pixels per value {counts} ({100 * (painted > 0).mean():.2f}% of the mosaic; value {BG} = background). "
         f"Scored on {len(evals)} other test slices of both test cases (every {args.stride}th of the {len(te['z'])} "
-        f"test slices, +-2 slices around the stroke slices excluded). lr {args.lr}.",
+        f"test slices, +-2 slices around the stroke slices excluded). lr {args.lr}; one run per model to "
+        f"{max(args.brats_steps)} steps, scored at the steps listed (timer paused while scoring).",
         "",
         "| model | steps | fine-tune wall s | CPU s | " + " | ".join(cols) + " |",
         "|---|---|---|---|" + "---|" * len(cols),
@@ -178,19 +179,19 @@ def part_brats(args, device) -> list[str]:
             continue
         base = registry.build_runner(name, device=str(device), cache=False)
         before = brats_scores(base, ea, eb, et)
-        tuned, rows, prog = run_with_checkpoints(
-            finetune_steps(base, a, b, painted, steps=args.steps, lr=args.lr, background_value=BG, device=str(device), **_tuning_kw(args, base)),
-            set(), lambda m: None,
+        steps = max(args.brats_steps)
+        _, rows, prog = run_with_checkpoints(
+            finetune_steps(base, a, b, painted, steps=steps, lr=args.lr, background_value=BG, device=str(device), **_tuning_kw(args, base)),
+            set(args.brats_steps), lambda m: brats_scores(m, ea, eb, et),
         )
-        _, wall, cpu, _ = rows[-1]
-        after = brats_scores(tuned, ea, eb, et)
         lines.append(f"| {name} (shipped) | 0 | | | " + " | ".join(f"{before[c]:.3f}" for c in cols) + " |")
-        lines.append(f"| {name} fine-tuned | {args.steps} | {wall:.0f} | {cpu:.0f} | " + " | ".join(f"{after[c]:.3f}" for c in cols) + " |")
+        for step, wall, cpu, after in rows:
+            lines.append(f"| {name} fine-tuned | {step} | {wall:.0f} | {cpu:.0f} | " + " | ".join(f"{after[c]:.3f}" for c in cols) + " |")
         notes.append(
             f"{name}: painted-pixel task loss {np.mean([p.task_loss for p in prog[:5]]):.3f} (first 5 steps) -> "
             f"{np.mean([p.task_loss for p in prog[-5:]]):.3f} (last 5)."
         )
-        print("\n".join(lines[-2:]), flush=True)
+        print("\n".join(lines[-len(rows) - 1:]), flush=True)
     return lines + [""] + notes
 
 
@@ -310,7 +311,7 @@ def main(argv=None):
     ap.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=sorted(PARTS))
     ap.add_argument("--brats-models", nargs="+", default=["tdfusion-brats", "multitaskvif"])
     ap.add_argument("--msrs-models", nargs="+", default=["tdfusion", "multitaskvif"])
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps for BraTS")
+    ap.add_argument("--brats-steps", type=int, nargs="+", default=[10, 30, 60], help="BraTS checkpoints (the run goes to the largest)")
     ap.add_argument("--msrs-steps", type=int, nargs="+", default=[5, 10, 20, 30], help="MSRS checkpoints (the run goes to the largest)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-ivif", type=float, default=1e-3)
