@@ -102,7 +102,10 @@ def run_with_checkpoints(gen, at, evaluate):
         prog.append(p)
         if p.step in at and p.step < p.steps:
             # the generator's own runner (``new`` in both fine-tuning loops), between two steps
-            rows.append((p.step, wall, cpu, evaluate(_eval_mode(gen.gi_frame.f_locals["new"]))))
+            inner = gen  # through the pass-through generator that notes an automatic rate
+            while "new" not in inner.gi_frame.f_locals and inner.gi_yieldfrom is not None:
+                inner = inner.gi_yieldfrom
+            rows.append((p.step, wall, cpu, evaluate(_eval_mode(inner.gi_frame.f_locals["new"]))))
     rows.append((prog[-1].steps, wall, cpu, evaluate(final)))
     return final, rows, prog
 
@@ -166,7 +169,7 @@ def part_brats(args, device) -> list[str]:
         f"Stroke slices: test case 0, axial z = {[int(te['z'][i]) for i in pick]} (as one 240x720 mosaic); "
         f"painted pixels per value {counts} ({100 * (painted > 0).mean():.2f}% of the mosaic; value {BG} = background). "
         f"Scored on {len(evals)} other test slices of both test cases (every {args.stride}th of the {len(te['z'])} "
-        f"test slices, +-2 slices around the stroke slices excluded). lr {args.lr}; one run per model to "
+        f"test slices, +-2 slices around the stroke slices excluded). lr {args.lr or 'auto'}; one run per model to "
         f"{max(args.brats_steps)} steps, scored at the steps listed (timer paused while scoring).",
         "",
         "| model | steps | fine-tune wall s | CPU s | " + " | ".join(cols) + " |",
@@ -180,10 +183,13 @@ def part_brats(args, device) -> list[str]:
         base = registry.build_runner(name, device=str(device), cache=False)
         before = brats_scores(base, ea, eb, et)
         steps = max(args.brats_steps)
-        _, rows, prog = run_with_checkpoints(
+        tuned, rows, prog = run_with_checkpoints(
             finetune_steps(base, a, b, painted, steps=steps, lr=args.lr, background_value=BG, device=str(device), **_tuning_kw(args, base)),
             set(args.brats_steps), lambda m: brats_scores(m, ea, eb, et),
         )
+        choice = tuned.meta["finetune_history"][-1].get("lr_choice")
+        if choice:
+            notes.append(f"{name}: auto {choice}.")
         lines.append(f"| {name} (shipped) | 0 | | | " + " | ".join(f"{before[c]:.3f}" for c in cols) + " |")
         for step, wall, cpu, after in rows:
             lines.append(f"| {name} fine-tuned | {step} | {wall:.0f} | {cpu:.0f} | " + " | ".join(f"{after[c]:.3f}" for c in cols) + " |")
@@ -230,7 +236,7 @@ def part_msrs(args, device) -> list[str]:
         f"Strokes by the rule in `msrs_strokes` (benchmarks/finetune.py): {counts} painted pixels "
         f"({100 * (lab > 0).mean():.2f}% of 480x640) in {len(ids)} strokes of 15x3 px; {len(held_ids)} strokes (a fifth, "
         f"{int(held.sum())} px) held out, the model fine-tuned on the other {int(trained.sum())} px "
-        f"({100 * trained.mean():.2f}%). lr {args.lr_ivif}; TDFusion knobs crop {args.crop}, batch {args.batch}, "
+        f"({100 * trained.mean():.2f}%). lr {args.lr_ivif or 'auto'}; TDFusion knobs crop {args.crop}, batch {args.batch}, "
         f"meta_every {args.meta_every} (defaults of `finetune_steps` unless the command says otherwise); "
         f"MultiTaskVIF with its own defaults. Chance level {1 / len(names):.2f}.",
         "",
@@ -271,11 +277,14 @@ def part_msrs(args, device) -> list[str]:
 
         r0 = evaluate(before)
         rows_out = [(0, 0.0, 0.0, r0)]
-        _, rows, prog = run_with_checkpoints(
+        tuned, rows, prog = run_with_checkpoints(
             finetune_steps(base, ir, vi, train, steps=max(args.msrs_steps), lr=args.lr_ivif,
                            class_names=names, device=str(device), **kw),
             set(args.msrs_steps), evaluate,
         )
+        choice = tuned.meta["finetune_history"][-1].get("lr_choice")
+        if choice:
+            notes.append(f"{mname}: auto {choice}.")
         for step, wall, cpu, r in rows_out + rows:
             lines.append(
                 f"| {mname} | {step} | {wall:.1f} | {cpu:.1f} | {r['painted']:.3f} | {r['held']:.3f} | "
@@ -304,6 +313,10 @@ def _update_sections(path: Path, sections: dict[str, str], title: str) -> str:
     return text
 
 
+def _lr(text: str) -> float | None:
+    return None if text == "auto" else float(text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -313,8 +326,8 @@ def main(argv=None):
     ap.add_argument("--msrs-models", nargs="+", default=["tdfusion", "multitaskvif"])
     ap.add_argument("--brats-steps", type=int, nargs="+", default=[10, 30, 60], help="BraTS checkpoints (the run goes to the largest)")
     ap.add_argument("--msrs-steps", type=int, nargs="+", default=[5, 10, 20, 30], help="MSRS checkpoints (the run goes to the largest)")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-ivif", type=float, default=1e-3)
+    ap.add_argument("--lr", type=_lr, default=None, help="BraTS learning rate, or auto (default: auto, training.finetune.auto_lr)")
+    ap.add_argument("--lr-ivif", type=_lr, default=None, help="MSRS learning rate, or auto (default)")
     ap.add_argument("--crop", type=int, default=64, help="TDFusion fine-tuning crop")
     ap.add_argument("--batch", type=int, default=4, help="TDFusion fine-tuning batch")
     ap.add_argument("--meta-every", type=int, default=3, help="TDFusion fine-tuning meta step every N steps")

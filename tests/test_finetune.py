@@ -266,3 +266,42 @@ def test_finetuning_the_ivif_base_on_a_real_msrs_pair_predicts_held_out_strokes(
     pred = tuned.segment(tuned.fuse(ir, vi))
     acc = float((pred[held] == painted[held]).mean())
     assert acc > 0.7, f"held-out stroke accuracy {acc:.3f}"
+
+
+# ---------------------------------------------------------------------------------- automatic rate
+def test_auto_rate_new_task_for_a_fresh_segmenter_corrections_with_replay_for_a_trained_one(base):
+    from napari_fusion.training.finetune import LR_CORRECTIONS, LR_NEW_TASK, auto_lr
+
+    a, b, lab = _two_region_pair()
+    targets = painted_targets(lab)
+    lr, why = auto_lr(base, a, b, targets)
+    assert lr == LR_NEW_TASK["TDFusion"] and "new segmenter" in why
+    tuned = finetune(base, a, b, lab, steps=20, crop=32, batch=2, meta_every=2, lr=1e-3)
+    lr, why = auto_lr(tuned, a, b, targets)  # it now labels the strokes right: corrections
+    assert lr == LR_CORRECTIONS and "corrections" in why
+    again = finetune(tuned, a, b, lab, steps=2, crop=32, batch=2)  # lr=None: auto
+    record = again.meta["finetune_history"][-1]
+    assert record["lr"] == LR_CORRECTIONS and "replayed" in record["lr_choice"]
+    # swapped strokes contradict the model: a new task, at the larger rate, without replay
+    swapped = np.where(lab == 1, 2, np.where(lab == 2, 1, 0))
+    lr, why = auto_lr(tuned, a, b, painted_targets(swapped))
+    assert lr == LR_NEW_TASK["TDFusion"] and "new task" in why
+
+
+def test_replay_adds_the_models_labels_on_a_sparse_sample_of_unpainted_pixels_only():
+    from napari_fusion.training.finetune import REPLAY_FRACTION, with_replay
+
+    lab = np.zeros((100, 100), np.int64)
+    lab[10:20, 10:20] = 2
+    pred = np.zeros((100, 100), np.int64)
+    pred[50:, :] = 1
+    out, bg = with_replay(lab, pred, None, seed=0)
+    assert bg == 3  # class 0 needs a value: one above every painted value and class
+    assert np.array_equal(out[10:20, 10:20], lab[10:20, 10:20])  # strokes win
+    added = (out != 0) & (lab == 0)
+    assert abs(added.mean() - REPLAY_FRACTION) < 0.01
+    assert set(np.unique(out[added & (pred == 0)])) == {3} and set(np.unique(out[added & (pred == 1)])) == {1}
+    t = painted_targets(out, bg)
+    assert set(np.unique(t[added])) == {0, 1}
+    out2, bg2 = with_replay(lab, pred, 7, seed=0)  # a given background value is kept
+    assert bg2 == 7 and set(np.unique(out2[added & (pred == 0)])) == {7}

@@ -382,7 +382,7 @@ def finetune(
     sparse_labels: Any,
     *,
     steps: int = 60,
-    lr: float = 1e-3,
+    lr: float | None = None,
     progress: Callable[[Any], Any] | None = None,
     device: str = "auto",
     class_names: Any = None,
@@ -392,7 +392,9 @@ def finetune(
 
     ``model``: a method name (e.g. ``"tdfusion"``) or a runner. ``a``/``b`` are brought onto one grid
     and to unit gray/Y exactly as :func:`fuse` does; ``sparse_labels`` lies on A's grid. The tuned
-    runner fuses through :func:`fuse` like any method and is saved with :func:`save_model`. Example::
+    runner fuses through :func:`fuse` like any method and is saved with :func:`save_model`.
+    ``lr=None`` chooses the rate (small for corrections to a model that already labels the strokes
+    mostly right, larger for a new task; see ``training.finetune.auto_lr``). Example::
 
         tuned = finetune("tdfusion", ir, vi, viewer.layers["Labels"].data, steps=60)
         fused = fuse(ir, vi, tuned)
