@@ -170,7 +170,7 @@ def shot_finetune() -> dict:
         features=class_features(classes),
     )
     w.strokes.set_layer(strokes)
-    w.steps.setValue(int(os.environ.get("SCREENSHOT_FINETUNE_STEPS", "30")))
+    w.steps.setValue(int(os.environ.get("SCREENSHOT_FINETUNE_STEPS", "60")))
     t0 = time.time()
     _run(w, w.finetune)
     seconds = time.time() - t0
