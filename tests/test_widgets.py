@@ -417,6 +417,30 @@ def test_segment_with_the_shipped_brats_model(make_napari_viewer, qtbot, sample_
     assert all(names[c.index] == c.name for c in runner.classes)
 
 
+def test_segment_with_the_shipped_multitaskvif_fills_both_layers(make_napari_viewer, qtbot, sample_layers):
+    """The real MultiTaskVIF: one run gives the fused image and the labels, equal to the pipeline's."""
+    from napari_fusion.methods.registry import build_runner
+
+    try:
+        build_runner("multitaskvif", device="cpu")
+    except FileNotFoundError:
+        pytest.skip("multitaskvif weights are not installed in this build")
+    viewer = make_napari_viewer()
+    mri, ct = sample_layers(viewer, "mri_ct")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert w.method.select("multitaskvif")
+    w.source_a.set_layer(mri)
+    w.source_b.set_layer(ct)
+    w.segment()
+    _wait_done(qtbot, w)
+    ref = fuse_arrays(mri.data, ct.data, "multitaskvif", grid_a=grid_of_layer(mri), grid_b=grid_of_layer(ct), segment=True)
+    lab = viewer.layers["multitaskvif labels"]
+    fused = [x for x in viewer.layers if x.name.startswith("multitaskvif (")]
+    assert len(fused) == 1 and isinstance(fused[0], napari.layers.Image)
+    np.testing.assert_array_equal(lab.data, ref.labels)
+    np.testing.assert_array_equal(np.asarray(fused[0].data), np.asarray(ref.fused))
+
+
 def grid_of_layer(layer):
     from napari_fusion.widgets._common import grid_of
 
