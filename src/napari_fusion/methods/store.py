@@ -107,3 +107,19 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[d
     except Exception as err:
         raise ModelFileError(f"{path} is corrupt or truncated: {err}") from err
     return tensors, meta
+
+
+def load_family_runner(path: str | Path, family: str, from_bundle, device: str | torch.device = "cpu"):
+    """A runner from a model file of one ``family``, rebuilt by ``from_bundle(tensors, meta, device)``.
+
+    A file of another family, or whose tensors do not fit the family's architecture, is a
+    :class:`ModelFileError` that names the file and the problem.
+    """
+    tensors, meta = load_bundle(path, device="cpu")
+    if meta.get("family") != family:
+        raise ModelFileError(f"{path} holds a {meta.get('family')!r} model, not a {family} one")
+    try:
+        return from_bundle(tensors, meta, device)
+    except (KeyError, RuntimeError, TypeError) as err:
+        raise ModelFileError(f"{path} does not match the {family} architecture: {err}") from err
+

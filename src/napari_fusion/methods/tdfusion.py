@@ -396,15 +396,9 @@ def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: 
 
 def load_runner(path: str | Path, device: str | torch.device = "cpu") -> TDFusionRunner:
     """A runner from a TDFusion model file (errors from :mod:`store` for bad files)."""
-    from .store import ModelFileError, load_bundle
+    from .store import load_family_runner
 
-    tensors, meta = load_bundle(path, device="cpu")
-    if meta.get("family") != FAMILY:
-        raise ModelFileError(f"{path} holds a {meta.get('family')!r} model, not a TDFusion one")
-    try:
-        return from_bundle(tensors, meta, device)
-    except (KeyError, RuntimeError) as err:
-        raise ModelFileError(f"{path} does not match the TDFusion architecture: {err}") from err
+    return load_family_runner(path, FAMILY, from_bundle, device)
 
 
 def _builder(default_file: str, method: str):
