@@ -109,10 +109,17 @@ def _ensure_loaded() -> None:
         _LOADED = True
 
 
+def _ordered() -> list[Method]:
+    """Classical baselines first, then learned methods, each in registration order; stable whatever
+    module a user (or a test) happened to import first."""
+    ms = list(_METHODS.values())
+    return [m for m in ms if not m.learned] + [m for m in ms if m.learned]
+
+
 def list_methods(segmenting_only: bool = False) -> list[Method]:
     """All registered methods in the order users see them."""
     _ensure_loaded()
-    ms = list(_METHODS.values())
+    ms = _ordered()
     return [m for m in ms if m.segments] if segmenting_only else ms
 
 
@@ -124,7 +131,7 @@ def get_method(name: str | Method) -> Method:
     try:
         return _METHODS[str(name).lower()]
     except KeyError:
-        known = ", ".join(_METHODS) or "none"
+        known = ", ".join(m.name for m in _ordered()) or "none"
         raise KeyError(f"unknown fusion method {name!r}; known methods: {known}") from None
 
 
