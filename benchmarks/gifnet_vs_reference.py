@@ -1,8 +1,10 @@
 """GIFNet here vs the authors' released model: speed, linear cost, size, and fusion quality.
 
-Speed: milliseconds per fused pair of our GIFNet (``runner.fuse`` on unit gray images, median of
-``--repeats`` after a warm-up) at 256x256, 480x640 and 960x1280 on the CPU (``--threads``, default 2)
-and on CUDA when there is one; cost per megapixel (constant when the cost is linear in pixels);
+Speed: milliseconds per fused pair of our GIFNet on unit gray images (median of ``--repeats`` after a
+warm-up) at 256x256, 480x640, 960x1280 and 1920x2560 on the CPU (``--threads``, default 2) and on CUDA
+when there is one, two ways: ``engine`` (``engine.pipeline.fuse_unit``: what every fusion call runs,
+with the automatic tiles of the runner's ``preferred_tile``) and ``one pass`` (``runner.fuse`` on the
+whole image); cost per megapixel (constant when the cost is linear in pixels);
 parameters and multiply-accumulates per pixel. The reference row is the authors' released model
 (822,780 parameters, window attention) as measured on a 2-core CPU for issue 5: ~2.2 s per 256x256
 pair and ~29 s per 480x640 pair (its weights are not part of this project, so it is not rerun here).
@@ -70,6 +72,12 @@ def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(a, 0, 1).astype(np.float32), np.clip(b, 0, 1).astype(np.float32)
 
 
+def fuse_unit(runner, a, b):
+    from napari_fusion.engine.pipeline import fuse_unit as engine_fuse_unit
+
+    return engine_fuse_unit(runner, a, b)
+
+
 def load_runner(weights: str | None, device: str):
     from napari_fusion.methods.gifnet import load_runner as load
     from napari_fusion.methods.registry import build_runner
@@ -101,18 +109,25 @@ def macs_per_pixel(runner, h: int = 256, w: int = 256) -> float:
     return total[0] / (h * w)
 
 
-def time_fuse(runner, h: int, w: int, device: str, warmup: int, repeats: int) -> list[float]:
+PATHS = {
+    "engine": lambda runner, a, b: fuse_unit(runner, a, b),
+    "one pass": lambda runner, a, b: runner.fuse(a, b),
+}
+
+
+def time_fuse(runner, h: int, w: int, device: str, warmup: int, repeats: int, path: str = "engine") -> list[float]:
     import torch
 
     a, b = make_pair(h, w)
+    run = PATHS[path]
     for _ in range(warmup):
-        runner.fuse(a, b)
+        run(runner, a, b)
     out = []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        runner.fuse(a, b)
+        run(runner, a, b)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         out.append((time.perf_counter() - t) * 1e3)
@@ -137,14 +152,17 @@ def speed_rows(args) -> tuple[list[list], dict]:
         info["halo"] = runner.halo
         if dev == "cpu" and "macs" not in info:
             info["macs"] = macs_per_pixel(runner)
-        for h, w in args.sizes:
-            reps = args.repeats if h * w <= 640 * 480 else max(3, args.repeats // 2)
-            ts = time_fuse(runner, h, w, dev, args.warmup, reps)
-            med = statistics.median(ts)
-            ref = REFERENCE["cpu_ms"].get(f"{h}x{w}") if dev == "cpu" else None
-            row = [label, f"{h}x{w}", med, min(ts), max(ts), med / (h * w / 1e6), ref, (ref / med) if ref else None, len(ts)]
-            rows.append(row)
-            print_flush(f"  {label} {h}x{w}: median {med:.1f} ms (min {min(ts):.1f}), {row[5]:.0f} ms/MP" + (f", {row[7]:.1f}x faster than the reference" if ref else ""))
+        info["preferred_tile"] = runner.preferred_tile if dev == "cpu" else info.get("preferred_tile")
+        for path in args.paths:
+            for h, w in args.sizes:
+                reps = args.repeats if h * w <= 640 * 480 else max(3, args.repeats // 2)
+                ts = time_fuse(runner, h, w, dev, args.warmup, reps, path)
+                med = statistics.median(ts)
+                ref = REFERENCE["cpu_ms"].get(f"{h}x{w}") if dev == "cpu" else None
+                row = [label, path, f"{h}x{w}", med, min(ts), max(ts), med / (h * w / 1e6), ref, (ref / med) if ref else None, len(ts)]
+                rows.append(row)
+                print_flush(f"  {label}, {path}, {h}x{w}: median {med:.1f} ms (min {min(ts):.1f}), {row[6]:.0f} ms/MP"
+                            + (f", {row[8]:.1f}x faster than the reference" if ref else ""))
     torch.set_num_threads(args.threads)
     return rows, info
 
@@ -183,7 +201,11 @@ NOTES = """
   (`napari_fusion/methods/gifnet.py`); tiles with the halo give the untiled result exactly
   (`tests/test_gifnet.py`). Whether its cost is linear in pixels is read off the ms/MP column (and
   the line under the table): equal ms/MP across sizes = linear. A fixed per-call overhead raises
-  ms/MP at small sizes; the memory traffic of large feature maps can raise it at large sizes.
+  ms/MP at small sizes. In `one pass`, ms/MP rises at large sizes although the work per pixel is
+  the same: once the feature maps outgrow the CPU's cache every layer streams them from memory.
+  That is why the engine splits a CPU plane into the runner's preferred tiles (`preferred_tile`,
+  `engine/pipeline.py`): each tile's maps stay in cache, which outweighs the halo recomputed around
+  each tile, and the number of tiles - hence the cost - grows linearly with the pixel count.
 - **CPU timings on a shared machine** vary with the load of other processes. With more torch threads
   than free cores, threads wait for each other: on a loaded 2-core machine 2 threads can be slower
   than 1. The minimum is the best estimate of the method's own cost, the median what a user on a busy
@@ -244,24 +266,28 @@ def write_report(args, speed: list[list], info: dict, means: list[list], dev_lin
         lines += [
             "## Speed (ms per fused pair)",
             "",
-            "`runner.fuse(a, b)` on unit gray images, median after a warm-up; the method alone, without file",
-            "I/O, colour conversion or tiling. ms/MP: cost per megapixel (constant = linear in pixels).",
+            "Unit gray images, median after a warm-up, without file I/O or colour conversion. `engine`:",
+            "`engine.pipeline.fuse_unit` (what every fusion call of the widget, API and CLI runs: on the CPU,",
+            f"planes larger than {info.get('preferred_tile')}x{info.get('preferred_tile')} go through"
+            " exact halo'd tiles of that side); `one pass`: `runner.fuse` on the whole",
+            "image. ms/MP: cost per megapixel (constant = linear in pixels).",
             f"Our model: {info.get('parameters', 0):,} parameters, {info.get('macs', float('nan')) / 1e3:.1f} k multiply-accumulates per pixel,",
             f"receptive radius (tiling halo) {info.get('halo')} px. Reference: {REFERENCE['name']},",
             f"{REFERENCE['parameters']:,} parameters, window attention; {REFERENCE['note']}.",
             "",
         ]
-        rows = [[f"ours ({r[0]})", r[1], r[2], r[3], r[5], r[6], r[7]] for r in speed]
-        rows += [["reference (cpu)", k, v, None, v / (int(k.split('x')[0]) * int(k.split('x')[1]) / 1e6), v, 1.0]
+        rows = [[f"ours ({r[0]})", r[1], r[2], r[3], r[4], r[6], r[7], r[8]] for r in speed]
+        rows += [["reference (cpu)", "one pass", k, v, None, v / (int(k.split('x')[0]) * int(k.split('x')[1]) / 1e6), v, 1.0]
                  for k, v in REFERENCE["cpu_ms"].items()]
         lines.append(markdown_table(
-            ["model", "size", "ms median", "ms min", "ms / MP", "reference ms", "speed-up"], rows, digits=[0, 0, 1, 1, 0, 0, 1]))
+            ["model", "path", "size", "ms median", "ms min", "ms / MP", "reference ms", "speed-up"], rows,
+            digits=[0, 0, 0, 1, 1, 0, 0, 1]))
         lines.append("")
         lines.append("Speed-up: reference ms / our median ms. Linearity (ms/MP of the median, smallest to largest size):")
-        for label in dict.fromkeys(r[0] for r in speed):
-            rs = [r for r in speed if r[0] == label]
-            lines.append(f"- ours ({label}): " + " -> ".join(f"{r[5]:.0f} ({r[1]})" for r in rs)
-                         + (f"; largest / smallest size {rs[-1][5] / rs[0][5]:.2f}x" if len(rs) > 1 else ""))
+        for key in dict.fromkeys((r[0], r[1]) for r in speed):
+            rs = [r for r in speed if (r[0], r[1]) == key]
+            lines.append(f"- ours ({key[0]}, {key[1]}): " + " -> ".join(f"{r[6]:.0f} ({r[2]})" for r in rs)
+                         + (f"; largest / smallest size {rs[-1][6] / rs[0][6]:.2f}x" if len(rs) > 1 else ""))
         lines.append("")
     if means:
         lines += [
@@ -300,7 +326,7 @@ def write_report(args, speed: list[list], info: dict, means: list[list], dev_lin
     write_text(out.with_suffix(".md"), "\n".join(lines))
     if speed:
         write_csv(out.parent / (out.name + "_speed.csv"),
-                  ["device", "size", "ms_median", "ms_min", "ms_max", "ms_per_megapixel", "reference_ms", "speedup", "repeats"], speed)
+                  ["device", "path", "size", "ms_median", "ms_min", "ms_max", "ms_per_megapixel", "reference_ms", "speedup", "repeats"], speed)
     if means:
         write_csv(out.parent / (out.name + "_quality.csv"), ["dataset", "method", "pairs", *METRICS], means)
     print_flush(f"wrote {out.with_suffix('.md')}")
@@ -310,7 +336,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="a GIFNet model file (default: the shipped weights)")
     ap.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present) | cpu | cuda")
-    ap.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 256), (480, 640), (960, 1280)])
+    ap.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 256), (480, 640), (960, 1280), (1920, 2560)])
+    ap.add_argument("--paths", nargs="+", choices=tuple(PATHS), default=list(PATHS),
+                    help="engine: fuse_unit with automatic tiles; one pass: runner.fuse on the whole image")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (quality, and speed unless --speed-threads)")

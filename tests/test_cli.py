@@ -248,6 +248,28 @@ def test_fuse_file_tiled_matches_in_memory_and_keeps_georeferencing(tmp_path):
     assert _no_part_files(tmp_path)
 
 
+def test_fuse_file_tiled_runs_gifnet_in_its_preferred_tiles(tmp_path, monkeypatch):
+    """Disk-to-disk GIFNet: each I/O tile goes through the runner's own CPU tiles; equal to in-memory."""
+    import tifffile
+
+    from napari_fusion.engine.pipeline import fuse_arrays
+    from napari_fusion.methods.registry import build_runner
+
+    runner = build_runner("gifnet", device="cpu", cache=False)
+    monkeypatch.setattr(runner, "cpu_tile", 64)
+    calls = []
+    real = runner.fuse
+    monkeypatch.setattr(runner, "fuse", lambda x, y: calls.append(x.shape) or real(x, y))
+    a, b = _img((200, 230), 1), _img((200, 230), 2)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b)
+    out = fuse_file_tiled(tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "o.zarr", runner, tile=128, pyramid=False)
+    assert max(s[0] for s in calls) <= 64 + 2 * 32 + 32 and len(calls) > 4  # inner tiles, not 128-pixel ones
+    got = np.asarray(open_lazy(out)[0])
+    ref = fuse_arrays(a, b, runner, tile=0).fused
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
 def test_fuse_large_cli_to_zarr(tmp_path, capsys):
     import tifffile
 

@@ -124,6 +124,50 @@ def test_tiled_equals_untiled(scrambled):
     assert np.abs(tiled - whole).max() < 1e-4
 
 
+@needs_weights
+def test_engine_tiles_large_cpu_planes_exactly(monkeypatch):
+    """Planes above the preferred tile go through halo'd tiles without overlap; same result as one pass.
+
+    Trained weights, not scrambled ones: a net with N(0, 0.3) weights everywhere has activations so
+    large that float rounding differences between tile and whole-image kernels flip a few outputs.
+    """
+    from napari_fusion.engine import pipeline
+    from napari_fusion.engine.tiling import run_aligned
+
+    r = load_runner(SHIPPED)
+    assert GIFNetRunner.cpu_tile == 512 and r.tiles_exact and r.preferred_tile == 512
+    monkeypatch.setattr(r, "cpu_tile", 64)  # small tiles keep the test fast; same code path
+    a, b = _textured(150, 171, 7), _textured(150, 171, 8)
+    stages, calls, overlaps = [], [], []
+    real_fuse, real_tiled = r.fuse, pipeline.fuse_tiled_steps
+    monkeypatch.setattr(r, "fuse", lambda x, y: calls.append(x.shape) or real_fuse(x, y))
+    monkeypatch.setattr(pipeline, "fuse_tiled_steps", lambda *a_, **k: overlaps.append(a_[4]) or real_tiled(*a_, **k))
+    gen = pipeline.run_unit_steps(r, a, b)
+    fused = pipeline._drain(gen, lambda p: stages.append(p.stage))
+    whole = run_aligned(real_fuse, a, b, align=pipeline._align(r))  # the engine's untiled call
+    assert set(stages) == {"tiles"} and len(calls) == 3 * 3  # ceil(150/64) x ceil(171/64)
+    assert overlaps == [0]  # exact tiles: no blended overlap
+    assert np.abs(fused[0] - whole).max() < 1e-4
+    # an explicit tile keeps the caller's overlap; off the CPU there is no preference
+    overlaps.clear()
+    pipeline._drain(pipeline.run_unit_steps(r, a, b, tile=100, overlap=16), None)
+    assert overlaps == [16]
+    monkeypatch.setattr(r, "_device", torch.device("cuda"))
+    assert r.preferred_tile is None
+
+
+def test_fuse_unit_is_one_pass_below_the_preferred_tile(fresh):
+    from napari_fusion.engine.pipeline import _align, fuse_unit
+    from napari_fusion.engine.tiling import run_aligned
+
+    a, b = _textured(200, 230, 1), _textured(200, 230, 2)
+    np.testing.assert_allclose(fuse_unit(fresh, a, b), run_aligned(fresh.fuse, a, b, _align(fresh)), atol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        fuse_unit(fresh, a, b[:, :-1])
+    with pytest.raises(ValueError, match="2-D"):
+        fuse_unit(fresh, a[None], b[None])
+
+
 def test_bundle_round_trip_and_family_loader(fresh, tmp_path):
     tensors, meta = fresh.to_bundle()
     assert meta["family"] == FAMILY and meta["halo"] == fresh.halo and meta["n_parameters"] == fresh.n_parameters

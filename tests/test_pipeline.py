@@ -134,6 +134,19 @@ def test_auto_tiling_kicks_in_above_four_megapixels(monkeypatch):
     assert set(stages) == {"fuse"}
 
 
+def test_pick_tile_prefers_the_runners_tile_and_otherwise_the_memory_limit():
+    from napari_fusion.engine.pipeline import AUTO_TILE, AUTO_TILE_PIXELS, _pick_tile
+
+    assert _pick_tile((500, 500), None, 512) is None  # fits one preferred tile
+    assert _pick_tile((600, 800), None, 512) == (512, 512)
+    assert _pick_tile((100, 3000), None, 512) == (512, 512)  # a long strip too
+    assert _pick_tile((1000, 1000), None, None) is None
+    side = int(np.sqrt(AUTO_TILE_PIXELS)) + 1
+    assert _pick_tile((side, side), None, None) == (AUTO_TILE, AUTO_TILE)
+    assert _pick_tile((600, 800), 0, 512) is None  # 0: never tile
+    assert _pick_tile((600, 800), 300, 512) == (300, 300)  # the caller's tile wins
+
+
 def test_fuse_steps_is_a_cancellable_generator():
     gen = fuse_steps(_gray8((200, 200)), _gray8((200, 200), 3), "average", tile=64)
     first = next(gen)

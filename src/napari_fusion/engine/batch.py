@@ -622,7 +622,7 @@ def fuse_file_tiled_steps(
     overwrite: bool = True,
 ):
     """Generator form of :func:`fuse_file_tiled`: yields Progress per tile (then per pyramid level)."""
-    from .pipeline import _align, _halo, resolve_runner
+    from .pipeline import _align, _halo, fuse_unit, resolve_runner
 
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
@@ -698,7 +698,9 @@ def fuse_file_tiled_steps(
                 z0[ys, xs] = color.from_unit(f, inten_out).astype(odtype)
 
         ov = min(int(overlap), int(tile) // 2)
-        gen = fuse_tiled_steps(runner, None, None, tile, ov, halo=halo, align=align, read=read, write=write, shape=(H, W), stage="tiles")
+        # each I/O tile runs as the engine runs any plane: in the runner's preferred (cache-sized) tiles
+        fn = (lambda x, y: fuse_unit(runner, x, y)) if getattr(runner, "preferred_tile", None) else runner
+        gen = fuse_tiled_steps(fn, None, None, tile, ov, halo=halo, align=align, read=read, write=write, shape=(H, W), stage="tiles")
         yield from gen
         levels = [z0]
         if pyramid:

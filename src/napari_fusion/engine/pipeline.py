@@ -46,12 +46,16 @@ __all__ = [
     "finish",
     "resolve_runner",
     "run_steps",
+    "run_unit_steps",
+    "fuse_unit",
     "AUTO_TILE_PIXELS",
     "AUTO_TILE",
+    "PREFERRED_TILE_FACTOR",
 ]
 
 AUTO_TILE_PIXELS = 4 * 1024 * 1024  # images larger than this (per slice) are tiled when tile=None
 AUTO_TILE = 1024
+PREFERRED_TILE_FACTOR = 1.0  # a runner's preferred tiles are used for planes above this many tiles
 _RATIO_EPS = 1e-3
 _MAX_BANDS = 64
 
@@ -383,16 +387,43 @@ def _tile_fn(runner: Any, labels: bool) -> Callable:
     return both
 
 
-def _pick_tile(shape2d: tuple[int, int], tile: Any) -> tuple[int, int] | None:
-    """The tile size to use for one 2-D plane, or None for untiled."""
+def _preferred_tile(runner: Any) -> int | None:
+    """The runner's own tile side on its current device (``preferred_tile``), or None."""
+    t = getattr(runner, "preferred_tile", None)
+    return int(t) if t else None
+
+
+def _pick_tile(shape2d: tuple[int, int], tile: Any, preferred: int | None = None) -> tuple[int, int] | None:
+    """The tile size to use for one 2-D plane, or None for untiled.
+
+    ``tile=None`` (automatic): planes above ``PREFERRED_TILE_FACTOR`` preferred tiles are split into
+    the runner's preferred tiles (a network whose cost per pixel rises once its activations leave
+    the CPU cache); otherwise planes above ``AUTO_TILE_PIXELS`` into ``AUTO_TILE`` tiles (memory).
+    """
     if tile is None:
-        return (AUTO_TILE, AUTO_TILE) if shape2d[0] * shape2d[1] > AUTO_TILE_PIXELS else None
+        n = shape2d[0] * shape2d[1]
+        if preferred and n > PREFERRED_TILE_FACTOR * preferred * preferred and max(shape2d) > preferred:
+            return (preferred, preferred)
+        return (AUTO_TILE, AUTO_TILE) if n > AUTO_TILE_PIXELS else None
     if tile is False or tile == 0:
         return None
     t = (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
     if shape2d[0] <= t[0] and shape2d[1] <= t[1]:
         return None
     return t
+
+
+def _tile_overlap(runner: Any, tile: Any, t: tuple[int, int] | None, overlap: int) -> int:
+    """Overlap between tiles: none for automatic tiles of a runner whose tiles are exact.
+
+    A runner with ``tiles_exact`` (its halo covers its receptive field) gives the untiled result
+    from halo'd tiles, so blending overlaps would only repeat work.
+    """
+    if t is None:
+        return int(overlap)
+    if tile is None and getattr(runner, "tiles_exact", False):
+        return 0
+    return min(int(overlap), min(t) // 2)
 
 
 def run_steps(
@@ -405,14 +436,37 @@ def run_steps(
     halo: int | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Run a runner on a prepared pair (untiled, tiled or slice-wise); returns (fused unit, labels)."""
+    return (yield from run_unit_steps(runner, prepared.a, prepared.b, volume=prepared.kind == "volume",
+                                      labels=labels, tile=tile, overlap=overlap, halo=halo))
+
+
+def run_unit_steps(
+    runner: Any,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    volume: bool = False,
+    labels: bool = False,
+    tile: Any = None,
+    overlap: int = 32,
+    halo: int | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
+    """A runner on unit float images of one shape, as the engine runs it; returns (fused unit, labels).
+
+    Every call is aligned (:func:`run_aligned`); ``tile=None`` picks tiles automatically
+    (:func:`_pick_tile`); ``volume=True`` runs a 3-D pair slice by slice.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"unit images must have one shape: A is {a.shape}, B is {b.shape}")
     fn = _tile_fn(runner, labels)
     halo = _halo(runner, None) if halo is None else int(halo)
     align = _align(runner)
-    a, b = prepared.a, prepared.b
-    if prepared.kind == "volume":
-        t = _pick_tile(a.shape[1:], tile)
-        return (yield from fuse_volume_steps(fn, a, b, labels=labels, tile=t, overlap=overlap, halo=halo, align=align))
-    t = _pick_tile(a.shape, tile)
+    pref = _preferred_tile(runner)
+    if volume:
+        t = _pick_tile(a.shape[1:], tile, pref)
+        ov = _tile_overlap(runner, tile, t, overlap)
+        return (yield from fuse_volume_steps(fn, a, b, labels=labels, tile=t, overlap=ov, halo=halo, align=align))
+    t = _pick_tile(a.shape, tile, pref)
     if t is None:
         yield Progress(0, 1, "fuse")
         res = run_aligned(fn, a, b, align)
@@ -420,9 +474,22 @@ def run_steps(
         yield Progress(1, 1, "fuse")
         return np.asarray(fused, dtype=np.float32), None if lab is None else np.asarray(lab, dtype=np.int32)
     lab_out = np.zeros(a.shape, dtype=np.int32) if labels else None
-    ov = min(int(overlap), min(t) // 2)
+    ov = _tile_overlap(runner, tile, t, overlap)
     fused = yield from fuse_tiled_steps(fn, a, b, t, ov, halo=halo, align=align, labels_out=lab_out)
     return fused, lab_out
+
+
+def fuse_unit(runner: Any, a: np.ndarray, b: np.ndarray, *, tile: Any = None, overlap: int = 32) -> np.ndarray:
+    """Fused unit image of a runner on two 2-D unit images, with the engine's alignment and tiling.
+
+    For callers that prepare their own unit images (benchmarks, training evaluation): no colour,
+    intensity range or geometry handling; that is :func:`fuse_arrays`.
+    """
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"fuse_unit takes 2-D images, got shape {a.shape}")
+    fused, _ = _drain(run_unit_steps(runner, a, b, tile=tile, overlap=overlap), None)
+    return fused
 
 
 def fuse_steps(
@@ -443,7 +510,8 @@ def fuse_steps(
     """Fuse A and B; a generator that yields :class:`Progress` between tiles/slices, returns a :class:`FusionResult`.
 
     ``method``: a registered name (None: the default method), a ``Method``, or a runner object (e.g.
-    a fine-tuned model). ``tile``: None tiles images above ~4 Mpx, 0 never tiles, N uses N-pixel tiles.
+    a fine-tuned model). ``tile``: None tiles automatically (planes above the runner's preferred tile,
+    else above ~4 Mpx), 0 never tiles, N uses N-pixel tiles.
     ``segment=True`` asks a segmenting method for labels (segmenting methods give them anyway).
     The caller cancels by no longer iterating. Example::
 
@@ -487,6 +555,8 @@ class _EnhanceRunner:
         self.name = getattr(runner, "name", None)
         self.halo = getattr(runner, "halo", None)
         self.pad_multiple = getattr(runner, "pad_multiple", 1)
+        self.preferred_tile = getattr(runner, "preferred_tile", None)
+        self.tiles_exact = getattr(runner, "tiles_exact", False)
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self._r.enhance(a)

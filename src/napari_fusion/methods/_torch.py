@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+
 __all__ = [
     "TorchRunner",
     "count_parameters",
@@ -132,6 +133,12 @@ class TorchRunner:
     family: str = "torch"
     #: run convolutions in channels-last layout (about 2x faster for depthwise convs on CPU)
     channels_last: bool = False
+    #: tile side that runs fastest per pixel on the CPU (activations that stay in cache); the engine
+    #: splits larger planes into such tiles. None: no preference (one pass up to the memory limit).
+    cpu_tile: int | None = None
+    #: halo'd tiles give the untiled result exactly (the halo covers the receptive field), so the
+    #: engine's automatic tiles need no blended overlap
+    tiles_exact: bool = False
 
     def __init__(self, modules: dict[str, nn.Module] | nn.Module, device: str | torch.device = "cpu", pad_multiple: int | None = None):
         if isinstance(modules, nn.Module):
@@ -158,6 +165,11 @@ class TorchRunner:
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
         return self
+
+    @property
+    def preferred_tile(self) -> int | None:
+        """The tile side the engine should use on this runner's current device, or None."""
+        return self.cpu_tile if self._device.type == "cpu" else None
 
     @property
     def n_parameters(self) -> int:

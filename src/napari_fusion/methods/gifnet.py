@@ -265,6 +265,11 @@ class GIFNetRunner(TorchRunner):
 
     family = FAMILY
     channels_last = True  # depthwise convs are ~10-50x faster in channels-last layout on CPU
+    # One pass over a plane larger than ~512x512 costs more per pixel (activations leave the cache:
+    # 1.5 s/Mpx at 480x640, 2.4 at 960x1280, 4.2 at 1920x2560 on one CPU thread); 512-pixel tiles
+    # with the halo stay at 1.3-1.5 s/Mpx at every size (benchmarks/gifnet_vs_reference.py).
+    cpu_tile = 512
+    tiles_exact = True
 
     def __init__(self, net: GIFNet, device: str | torch.device = "cpu", meta: dict | None = None):
         super().__init__({"net": net}, device=device, pad_multiple=net.pad_multiple)
