@@ -138,6 +138,7 @@ def test_pick_tile_prefers_the_runners_tile_and_otherwise_the_memory_limit():
     from napari_fusion.engine.pipeline import AUTO_TILE, AUTO_TILE_PIXELS, _pick_tile
 
     assert _pick_tile((500, 500), None, 512) is None  # fits one preferred tile
+    assert _pick_tile((480, 640), None, 512) is None  # 1.17 tiles: the halos would cost more than the cache saves
     assert _pick_tile((600, 800), None, 512) == (512, 512)
     assert _pick_tile((100, 3000), None, 512) == (512, 512)  # a long strip too
     assert _pick_tile((1000, 1000), None, None) is None

@@ -316,7 +316,7 @@ def _cmd_demo(args) -> int:
 def _common(p: argparse.ArgumentParser, method_default: str | None = None, batch: bool = True) -> None:
     p.add_argument("--method", "-m", default=method_default, help="registered method name (see `napari-fusion methods`)" + ("" if method_default else "; default: the default method"))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; $NAPARI_FUSION_DEVICE overrides), cpu, cuda, cuda:N, mps")
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: tile images above ~4 Mpx; 0: never)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: above ~4 Mpx, or the method's preferred CPU tile; 0: never)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist (default: skip them)")
     p.add_argument("--format", default=None, help="output extension, e.g. .tif (default: A's format; JPEG becomes PNG)")
     if batch:

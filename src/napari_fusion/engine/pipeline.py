@@ -55,7 +55,7 @@ __all__ = [
 
 AUTO_TILE_PIXELS = 4 * 1024 * 1024  # images larger than this (per slice) are tiled when tile=None
 AUTO_TILE = 1024
-PREFERRED_TILE_FACTOR = 1.0  # a runner's preferred tiles are used for planes above this many tiles
+PREFERRED_TILE_FACTOR = 1.5  # a runner's preferred tiles are used for planes above this many tiles
 _RATIO_EPS = 1e-3
 _MAX_BANDS = 64
 

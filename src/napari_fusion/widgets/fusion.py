@@ -64,7 +64,7 @@ class FusionWidget(QWidget):
         self.tile.setSingleStep(128)
         self.tile.setSpecialValueText("auto")
         self.tile.setSuffix(" px")
-        self.tile.setToolTip("tile size for large images (0 = auto: whole image when it fits)")
+        self.tile.setToolTip("tile size for large images (auto: above ~4 Mpx, and on the CPU above the method's preferred tile, e.g. 512 px for GIFNet)")
 
         self.fuse_button = QPushButton("Fuse")
         self.fuse_button.setToolTip("fuse B into A's grid with the chosen method")
