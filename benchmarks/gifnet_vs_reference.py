@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from napari_fusion.engine.pipeline import PREFERRED_TILE_FACTOR
 
 from _common import (
     RESULTS,
@@ -268,7 +269,7 @@ def write_report(args, speed: list[list], info: dict, means: list[list], dev_lin
             "",
             "Unit gray images, median after a warm-up, without file I/O or colour conversion. `engine`:",
             "`engine.pipeline.fuse_unit` (what every fusion call of the widget, API and CLI runs: on the CPU,",
-            f"planes larger than {info.get('preferred_tile')}x{info.get('preferred_tile')} go through"
+            f"planes larger than {PREFERRED_TILE_FACTOR:g} x {info.get('preferred_tile')}x{info.get('preferred_tile')} pixels go through"
             " exact halo'd tiles of that side); `one pass`: `runner.fuse` on the whole",
             "image. ms/MP: cost per megapixel (constant = linear in pixels).",
             f"Our model: {info.get('parameters', 0):,} parameters, {info.get('macs', float('nan')) / 1e3:.1f} k multiply-accumulates per pixel,",
