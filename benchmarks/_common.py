@@ -29,6 +29,7 @@ __all__ = [
     "DATASETS",
     "dataset_names",
     "iter_pairs",
+    "gray8",
     "msrs_test_names",
     "held_out_names",
     "markdown_table",
@@ -127,7 +128,7 @@ def _data_root() -> Path:
     return root
 
 
-def _gray8(data: Any, rgb: bool, name: str) -> np.ndarray:
+def gray8(data: Any, rgb: bool, name: str) -> np.ndarray:
     """Image data -> uint8 gray/Y (rounded), as the field's evaluators read images."""
     from napari_fusion.metrics import as_gray255
 
@@ -160,7 +161,7 @@ def iter_pairs(dataset: str, limit: int | None = None) -> Iterator[TestPair]:
         for n in names[:limit] if limit else names:
             a, b = read_image(fa / n), read_image(fb / n)
             yield TestPair(
-                dataset, Path(n).stem, _gray8(a.data, a.rgb, f"{d.sub_a}/{n}"), _gray8(b.data, b.rgb, f"{d.sub_b}/{n}")
+                dataset, Path(n).stem, gray8(a.data, a.rgb, f"{d.sub_a}/{n}"), gray8(b.data, b.rgb, f"{d.sub_b}/{n}")
             )
     else:
         from napari_fusion.geometry import bring_onto
@@ -169,7 +170,7 @@ def iter_pairs(dataset: str, limit: int | None = None) -> Iterator[TestPair]:
         for s in scenes[:limit] if limit else scenes:
             pan, ms = read_image(root / s / "pan.tif"), read_image(root / s / "ms.tif")
             inten = bring_onto(_ms_intensity(ms, s), ms.grid, pan.grid, order=3)
-            yield TestPair(dataset, s, _gray8(pan.data, False, f"{s}/pan.tif"), _gray8(inten, False, f"{s}/ms.tif"))
+            yield TestPair(dataset, s, gray8(pan.data, False, f"{s}/pan.tif"), gray8(inten, False, f"{s}/ms.tif"))
 
 
 # ----------------------------------------------------------------------------- fusion

@@ -19,6 +19,8 @@ CLI), metrics on 8-bit gray/Y images.
     python benchmarks/gifnet_vs_reference.py                        # everything, writes docs/results/gifnet.md
     python benchmarks/gifnet_vs_reference.py --skip-quality --sizes 256x256 480x640
     python benchmarks/gifnet_vs_reference.py --weights /tmp/gifnet.safetensors --limit 3 --out /tmp/gif
+    python benchmarks/gifnet_vs_reference.py --skip-speed --reference-dir ~/gifnet_authors_outputs
+        # scores the authors' fused images of the held-out pairs (DIR/<dataset>/<pair name>.png) as 'reference'
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from napari_fusion.engine.pipeline import PREFERRED_TILE_FACTOR
 
 from _common import (
     RESULTS,
+    gray8,
     environment,
     fmt_number,
     fuse_gray,
@@ -168,10 +171,35 @@ def speed_rows(args) -> tuple[list[list], dict]:
     return rows, info
 
 
+REFERENCE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def read_reference(ref_dir: Path, dataset: str, name: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The authors' fused image of one held-out pair, ``DIR/<dataset>/<name>.<ext>``, as 8-bit gray/Y.
+
+    None when the folder has no file for this pair; an error when the file's size is not the pair's.
+    """
+    from napari_fusion.io import read_image
+
+    for ext in REFERENCE_EXTS:
+        f = ref_dir / dataset / f"{name}{ext}"
+        if f.is_file():
+            img = read_image(f)
+            g = gray8(img.data, img.rgb, str(f))
+            if g.shape != tuple(shape):
+                raise ValueError(f"{f}: the reference's fused image is {g.shape[1]}x{g.shape[0]}, "
+                                 f"the pair {dataset}/{name} is {shape[1]}x{shape[0]}")
+            return g
+    return None
+
+
 def quality_rows(args) -> tuple[list[list], list[list]]:
     from napari_fusion.metrics import fusion_metrics
 
     methods = list(BASELINES) + ["gifnet"]
+    ref_dir = Path(args.reference_dir) if args.reference_dir else None
+    if ref_dir is not None and not ref_dir.is_dir():
+        raise FileNotFoundError(f"--reference-dir {ref_dir} is not a folder")
     runner = load_runner(args.weights, resolve_device(args.device)) if args.weights else "gifnet"
     per_pair: list[list] = []
     for ds in args.datasets:
@@ -179,15 +207,20 @@ def quality_rows(args) -> tuple[list[list], list[list]]:
         # PAN/MS scenes (the shipped weights were trained on no PAN/MS data)
         held = list(iter_pairs(ds, args.limit))
         for p in held:
+            n0 = len(per_pair)
             for m in methods:
                 fused, _ = fuse_gray(runner if m == "gifnet" else m, p.a, p.b, device=resolve_device(args.device))
                 vals = fusion_metrics(fused, p.a, p.b)
                 per_pair.append([ds, p.name, m] + [vals[k] for k in METRICS])
+            ref = read_reference(ref_dir, ds, p.name, p.a.shape) if ref_dir is not None else None
+            if ref is not None:
+                vals = fusion_metrics(ref, p.a, p.b)
+                per_pair.append([ds, p.name, "reference"] + [vals[k] for k in METRICS])
             print_flush(f"  {ds} {p.name}: " + ", ".join(
-                f"{r[2]} Qabf {r[3 + METRICS.index('Qabf')]:.3f}" for r in per_pair[-len(methods):]))
+                f"{r[2]} Qabf {r[3 + METRICS.index('Qabf')]:.3f}" for r in per_pair[n0:]))
     means = []
     for ds in args.datasets:
-        for m in methods:
+        for m in methods + ["reference"]:
             rs = [r for r in per_pair if r[0] == ds and r[2] == m]
             if rs:
                 means.append([ds, m, len(rs)] + [float(np.mean([r[3 + i] for r in rs])) for i in range(len(METRICS))])
@@ -212,7 +245,9 @@ NOTES = """
   than 1. The minimum is the best estimate of the method's own cost, the median what a user on a busy
   machine sees. The reference numbers were measured on a 2-core CPU elsewhere and are not rerun here.
 - **Quality.** We cannot run the authors' model here (its weights are not part of this project), so
-  its Qabf/VIF are not in the tables; the comparison is with baselines run on the same pairs. `max`
+  its Qabf/VIF are not in the tables unless its fused images of these held-out pairs are given with
+  `--reference-dir DIR` (`DIR/<dataset>/<pair name>.png`); otherwise the comparison is with
+  baselines run on the same pairs. `max`
   is the per-pixel maximum (a strong baseline for Qabf/VIF on IR/visible and PET, poor in
   appearance: it copies noise and halos); `laplacian` a pyramid fusion; `average` the mean. GIFNet
   was trained on the other pairs of the same datasets (sorted index % 5 != 0; see
@@ -305,6 +340,18 @@ def write_report(args, speed: list[list], info: dict, means: list[list], dev_lin
                 continue
             lines += [f"### {TITLES.get(ds, ds)}", "", markdown_table(["method", "pairs", *METRICS], rows, digits=[0, 0] + [3] * len(METRICS), bold_max=range(2, 2 + len(METRICS))), ""]
         qa = {(r[0], r[1]): (r[3 + METRICS.index("Qabf")], r[3 + METRICS.index("VIF")]) for r in means}
+        ref_rows = []
+        for ds in args.datasets:
+            if (ds, "reference") in qa and (ds, "gifnet") in qa:
+                (qg, vg), (qr, vr) = qa[(ds, "gifnet")], qa[(ds, "reference")]
+                n = next(r[2] for r in means if r[0] == ds and r[1] == "reference")
+                ref_rows.append([ds, n, qg, qr, vg, vr, "yes" if qg >= qr and vg >= vr else "no"])
+        if ref_rows:
+            lines += ["### gifnet vs the authors' model (their fused images from `--reference-dir`)", "",
+                      "On the held-out pairs for which a reference image was given (the gifnet means in this",
+                      "table are over all held-out pairs of the dataset; give every pair for a like-for-like mean).", "",
+                      markdown_table(["dataset", "reference pairs", "Qabf gifnet", "Qabf reference", "VIF gifnet",
+                                      "VIF reference", "gifnet equal or better on both"], ref_rows), ""]
         summary = []
         for ds in args.datasets:
             if (ds, "gifnet") not in qa:
@@ -347,6 +394,9 @@ def main(argv=None) -> int:
                     help="torch CPU thread counts to time the CPU at, one table row set each (default: --threads)")
     ap.add_argument("--datasets", nargs="+", default=list(QUALITY_DATASETS), choices=QUALITY_DATASETS)
     ap.add_argument("--limit", type=int, default=None, help="held-out pairs per dataset (default: all)")
+    ap.add_argument("--reference-dir", default=None, metavar="DIR",
+                    help="the authors' fused images of the held-out pairs, DIR/<dataset>/<pair name>.png (or .tif/.jpg), "
+                         "scored next to ours as method 'reference'")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "gifnet"), help="output stem: STEM.md, STEM_speed.csv, STEM_quality.csv")

@@ -392,3 +392,30 @@ def test_speed_benchmark_smoke(tmp_path):
     assert [(r["method"], r["device"], r["size"], r["repeats"]) for r in rows] == [("average", "cpu", "32x48", "2")]
     assert float(rows[0]["ms_min"]) <= float(rows[0]["ms_median"]) <= float(rows[0]["ms_max"])
     assert rows[0]["parameters"] == ""  # a classical method has no weights
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
+def test_gifnet_benchmark_scores_the_authors_fused_images(tmp_path):
+    """``--reference-dir``: fused images put beside the held-out pairs are scored as 'reference'."""
+    import imageio.v3 as iio
+
+    bench = _benchmark_module("gifnet_vs_reference")
+    common = _benchmark_module("_common")
+    pair = next(common.iter_pairs("mri_ct", 1))
+    stand_in = np.maximum(pair.a, pair.b)  # any fused image; here the max, so its scores are known
+    (tmp_path / "ref" / "mri_ct").mkdir(parents=True)
+    iio.imwrite(tmp_path / "ref" / "mri_ct" / f"{pair.name}.png", stand_in)
+    out = tmp_path / "g"
+    args = ["--skip-speed", "--datasets", "mri_ct", "--limit", "1", "--device", "cpu", "--out", str(out),
+            "--reference-dir", str(tmp_path / "ref")]
+    assert bench.main(args) == 0
+    rows = {r["method"]: r for r in common.read_csv(tmp_path / "g_quality.csv")}
+    assert set(rows) == {"average", "laplacian", "max", "gifnet", "reference"}
+    for k in ("Qabf", "VIF"):
+        assert float(rows["reference"][k]) == pytest.approx(float(rows["max"][k]), rel=1e-9)
+    md = out.with_suffix(".md").read_text()
+    assert "gifnet vs the authors' model" in md and "| mri_ct | 1 |" in md
+    # a reference image of the wrong size is an error that names the file
+    iio.imwrite(tmp_path / "ref" / "mri_ct" / f"{pair.name}.png", stand_in[:-1])
+    with pytest.raises(ValueError, match=f"{pair.name}.png"):
+        bench.main(args)
