@@ -202,7 +202,8 @@ Measured: {environment(args.device)}.
 
 Synthetic square 8-bit scenes read from uncompressed TIFFs on disk. `memory`: read whole, fused
 untiled (`fuse_arrays(tile=0)`), written as TIFF. `tiled`: `engine.batch.fuse_file_tiled` with
-{args.tile}-pixel tiles, memory-mapped input, zarr output with a 2x pyramid. heap = tracemalloc
+{args.tile}-pixel tiles (a method with a preferred CPU tile, e.g. GIFNet's 512, runs each in its
+own tiles), memory-mapped input, zarr output with a 2x pyramid. heap = tracemalloc
 peak; anon = peak anonymous resident memory (RssAnon; "anon at start" is what the process held
 before the fusion began: Python, NumPy, SciPy, torch, the loaded method); rss = peak resident set
 including memory-mapped file pages (page cache the kernel can drop). Each row ran in a fresh process.
