@@ -123,6 +123,27 @@ def test_crop_with_halo_fuses_like_the_whole_image(brats_runner):
     np.testing.assert_allclose(part[h:-h, h:-h], full[y0:y1, x0:x1], atol=1e-5)
 
 
+def test_engine_tiles_give_the_untiled_image_and_labels(monkeypatch):
+    """Automatic CPU tiles (no overlap: ``tiles_exact``) reproduce the one-pass image and labels."""
+    from napari_fusion.engine import pipeline
+    from napari_fusion.engine.tiling import run_aligned
+
+    r = registry.build_runner("tdfusion-brats", device="cpu", cache=False)
+    assert r.tiles_exact and r.preferred_tile == 512 and r.halo == 65
+    assert registry.build_runner("tdfusion", device="cpu", cache=False).preferred_tile == 256  # halo 14
+    monkeypatch.setattr(TDFusionRunner, "cpu_tile", 48)  # small tiles keep the test fast; same code path
+    h, w = 120, 150
+    yy, xx = np.mgrid[:h, :w]
+    a = (0.5 + 0.4 * np.sin(xx / 7.0) * np.cos(yy / 9.0)).astype(np.float32)  # structure, so labels vary
+    b = np.clip(np.hypot(yy - 60.0, xx - 80.0) < 25, 0, 1).astype(np.float32) * 0.8 + 0.1
+    stages = []
+    fused, labels = pipeline._drain(pipeline.run_unit_steps(r, a, b, labels=True), lambda p: stages.append(p.stage))
+    ref_f, ref_l = run_aligned(r.fuse_and_segment, a, b, pipeline._align(r))
+    assert "tiles" in stages
+    assert np.abs(fused - ref_f).max() < 1e-4
+    assert len(np.unique(ref_l)) > 1 and np.array_equal(labels, ref_l)
+
+
 def test_bad_inputs_name_the_problem(brats_runner):
     a, b = _pair(30, 40)
     with pytest.raises(ValueError, match="source B is 30x41 but source A is 30x40"):
