@@ -278,16 +278,11 @@ class TDFusionRunner(TorchRunner):
 
     #: halo'd tiles give the untiled fused image and labels exactly (``tests/test_tdfusion.py``)
     tiles_exact = True
-
-    @property
-    def cpu_tile(self) -> int:
-        """The engine's CPU tile side: one pass costs more per pixel as the image grows.
-
-        Measured on one CPU thread (``tdfusion``): 7 s per megapixel at 256x256, 12 at 480x640, 23 at
-        960x1280 in one pass, ~11 in 256-pixel tiles. With a segmenter the halo is 65 pixels, so
-        smaller tiles would mostly recompute halos: 512-pixel tiles (22 vs 24 s per megapixel).
-        """
-        return 256 if self.halo <= 32 else 512
+    # One pass costs more per pixel as the image grows (one CPU thread, ``tdfusion``: 7 s per
+    # megapixel at 256x256, 12 at 480x640, 23 at 960x1280); in 512-pixel tiles 13.5 at 960x1280
+    # (256-pixel tiles: 11.4, but their halos make images of 0.1-0.3 Mpx slower than one pass).
+    # ``tdfusion-brats`` (65-pixel halo with its segmenter): 22 instead of 24 at 960x1280.
+    cpu_tile = 512
 
     def set_segmenter(self, segmenter: Segmenter, classes: Sequence) -> None:
         """Attach (or replace) the task network and its classes."""
