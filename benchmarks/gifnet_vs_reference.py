@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from napari_fusion.engine.pipeline import PREFERRED_TILE_FACTOR
+from napari_fusion.engine.pipeline import PREFERRED_TILE_FACTOR, fuse_unit
 
 from _common import (
     RESULTS,
@@ -74,12 +74,6 @@ def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     a = 0.5 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 0.05, (h, w))
     b = (((xx // 32) + (yy // 32)) % 2) * 0.6 + 0.2 + rng.normal(0, 0.05, (h, w))
     return np.clip(a, 0, 1).astype(np.float32), np.clip(b, 0, 1).astype(np.float32)
-
-
-def fuse_unit(runner, a, b):
-    from napari_fusion.engine.pipeline import fuse_unit as engine_fuse_unit
-
-    return engine_fuse_unit(runner, a, b)
 
 
 def load_runner(weights: str | None, device: str):

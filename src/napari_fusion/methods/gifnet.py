@@ -265,9 +265,9 @@ class GIFNetRunner(TorchRunner):
 
     family = FAMILY
     channels_last = True  # depthwise convs are ~10-50x faster in channels-last layout on CPU
-    # One pass over a plane larger than ~512x512 costs more per pixel (activations leave the cache:
-    # 1.5 s/Mpx at 480x640, 2.4 at 960x1280, 4.2 at 1920x2560 on one CPU thread); 512-pixel tiles
-    # with the halo stay at 1.3-1.5 s/Mpx at every size (benchmarks/gifnet_vs_reference.py).
+    # One pass costs more per pixel as the plane grows (its activations leave the cache: 1.3 s/Mpx at
+    # 480x640, 2.0 at 960x1280, 4.2 at 1920x2560 on one CPU thread); in 512-pixel tiles with the halo
+    # 1.6-1.7 s/Mpx at every larger size (docs/results/gifnet.md).
     cpu_tile = 512
     tiles_exact = True
 
