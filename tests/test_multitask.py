@@ -147,6 +147,23 @@ def test_tiled_equals_untiled(runner):
     assert (lab != ref_l).mean() < 1e-3
 
 
+def test_engine_tiles_large_cpu_images_with_blended_overlap(runner, monkeypatch):
+    """Automatic CPU tiles of a runner whose tiles are not exact keep the caller's overlap."""
+    from napari_fusion.engine import pipeline
+    from napari_fusion.engine.tiling import run_aligned
+
+    assert runner.preferred_tile == 512 and not runner.tiles_exact
+    monkeypatch.setattr(MultiTaskRunner, "cpu_tile", 48)  # small tiles keep the test fast; same code path
+    a, b = _pair(100, 120, seed=6)
+    overlaps, real = [], pipeline.fuse_tiled_steps
+    monkeypatch.setattr(pipeline, "fuse_tiled_steps", lambda *a_, **k: overlaps.append(a_[4]) or real(*a_, **k))
+    fused, labels = pipeline._drain(pipeline.run_unit_steps(runner, a, b, labels=True), None)
+    ref_f, ref_l = run_aligned(runner.fuse_and_segment, a, b, pipeline._align(runner))
+    assert overlaps == [24]  # the default 32, capped at half a 48-pixel tile
+    assert np.abs(fused - ref_f).max() * 255 <= 1.0
+    assert (labels != ref_l).mean() < 1e-3
+
+
 def test_pipeline_gives_image_and_labels_from_one_runner(runner):
     from napari_fusion.engine.pipeline import fuse_arrays
 
