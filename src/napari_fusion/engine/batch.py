@@ -622,7 +622,7 @@ def fuse_file_tiled_steps(
     overwrite: bool = True,
 ):
     """Generator form of :func:`fuse_file_tiled`: yields Progress per tile (then per pyramid level)."""
-    from .pipeline import _align, _halo, fuse_unit, resolve_runner
+    from .pipeline import _align, _halo, _preferred_tile, fuse_unit, resolve_runner
 
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
@@ -699,7 +699,7 @@ def fuse_file_tiled_steps(
 
         ov = min(int(overlap), int(tile) // 2)
         # each I/O tile runs as the engine runs any plane: in the runner's preferred (cache-sized) tiles
-        fn = (lambda x, y: fuse_unit(runner, x, y)) if getattr(runner, "preferred_tile", None) else runner
+        fn = (lambda x, y: fuse_unit(runner, x, y)) if _preferred_tile(runner) else runner
         gen = fuse_tiled_steps(fn, None, None, tile, ov, halo=halo, align=align, read=read, write=write, shape=(H, W), stage="tiles")
         yield from gen
         levels = [z0]

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-
 __all__ = [
     "TorchRunner",
     "count_parameters",

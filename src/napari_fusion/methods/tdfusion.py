@@ -226,6 +226,13 @@ class TDFusionRunner(TorchRunner):
 
     family = FAMILY
     channels_last = True
+    #: halo'd tiles give the untiled fused image and labels exactly (``tests/test_tdfusion.py``)
+    tiles_exact = True
+    # One pass costs more per pixel as the image grows (one CPU thread, ``tdfusion``: 7 s per
+    # megapixel at 256x256, 12 at 480x640, 23 at 960x1280); in 512-pixel tiles 13.5 at 960x1280
+    # (256-pixel tiles: 11.4, but their halos make images of 0.1-0.3 Mpx slower than one pass).
+    # ``tdfusion-brats`` (65-pixel halo with its segmenter): 22 instead of 24 at 960x1280.
+    cpu_tile = 512
 
     def __init__(
         self,
@@ -275,14 +282,6 @@ class TDFusionRunner(TorchRunner):
     def halo(self) -> int:
         r = self.fusion.receptive_radius
         return r + (segmenter_receptive_radius() if self.has_segmenter else 0)
-
-    #: halo'd tiles give the untiled fused image and labels exactly (``tests/test_tdfusion.py``)
-    tiles_exact = True
-    # One pass costs more per pixel as the image grows (one CPU thread, ``tdfusion``: 7 s per
-    # megapixel at 256x256, 12 at 480x640, 23 at 960x1280); in 512-pixel tiles 13.5 at 960x1280
-    # (256-pixel tiles: 11.4, but their halos make images of 0.1-0.3 Mpx slower than one pass).
-    # ``tdfusion-brats`` (65-pixel halo with its segmenter): 22 instead of 24 at 960x1280.
-    cpu_tile = 512
 
     def set_segmenter(self, segmenter: Segmenter, classes: Sequence) -> None:
         """Attach (or replace) the task network and its classes."""
