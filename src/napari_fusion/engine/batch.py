@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import struct
 import time
 import traceback
 import uuid
@@ -47,9 +48,12 @@ __all__ = [
     "fuse_file_tiled_steps",
     "open_lazy",
     "is_retryable",
+    "refuse_outputs_over_sources",
+    "refuse_output_over_source",
 ]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
+SCHEDULER_TIMEOUT = 5  # seconds to reach a Dask scheduler before giving up with a message
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,12 +133,58 @@ def _suffix(p: Path) -> str:
     return ".nii.gz" if n.endswith(".nii.gz") else p.suffix.lower()
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def _images(folder: Path, clashes: list[PairOutcome] | None = None) -> dict[str, Path]:
+    """Image files of ``folder`` by name without extension.
+
+    Two files with one name (``x.png`` and ``x.tif``) are ambiguous: that name is left out and,
+    when ``clashes`` is given, reported there as a failed outcome naming both files.
+    """
+    seen: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_SUFFIXES):
-            out.setdefault(_stem(p), p)
+            seen.setdefault(_stem(p), []).append(p)
+    out: dict[str, Path] = {}
+    for stem, paths in seen.items():
+        if len(paths) == 1:
+            out[stem] = paths[0]
+        elif clashes is not None:
+            names = " and ".join(q.name for q in paths)
+            clashes.append(PairOutcome(stem, "failed", error=f"{folder} holds {names}, one name {stem!r}: rename or remove all but one"))
     return out
+
+
+def refuse_outputs_over_sources(jobs: Iterable[BatchJob]) -> None:
+    """Raise ValueError when a job would write into a folder that holds source images.
+
+    Writing there overwrites the sources (``--out A``, ``--out pairs/ir``) or mixes results with
+    them; it is refused whether or not outputs may be overwritten. Missing sources are ignored.
+    """
+    folders: dict[tuple[int, int], Path] = {}
+    for job in jobs:
+        for src in (job.path_a, job.path_b):
+            if src is None:
+                continue
+            try:
+                st = Path(src).parent.stat() if Path(src).is_file() else None
+            except OSError:
+                st = None
+            if st is not None:
+                folders.setdefault((st.st_dev, st.st_ino), Path(src))
+    if not folders:
+        return
+    for job in jobs:
+        outs = [job.out.parent] + ([_label_path(job.out).parent] if job.path_b is not None else [])
+        for folder in outs:
+            try:
+                st = folder.stat()
+            except OSError:
+                continue
+            src = folders.get((st.st_dev, st.st_ino))
+            if src is not None:
+                raise ValueError(
+                    f"output folder {folder} holds the source images (e.g. {src}); writing there would "
+                    "overwrite or mix with them: choose another output folder"
+                )
 
 
 def output_path(out_dir: str | os.PathLike, name: str, path_a: str | os.PathLike, suffix: str | None = None) -> Path:
@@ -185,16 +235,17 @@ def plan_jobs(
     b_dir = Path(b_dir)
     if not b_dir.is_dir():
         raise NotADirectoryError(f"{b_dir}: not a folder")
-    ia, ib = _images(a_dir), _images(b_dir)
-    if not ia and not ib:
+    ia, ib = _images(a_dir, problems), _images(b_dir, problems)
+    if not ia and not ib and not problems:
         raise FileNotFoundError(f"no images in {a_dir} or {b_dir}")
+    clashing = {p.name for p in problems}
     for stem, pa in ia.items():
         if stem in ib:
             jobs.append(BatchJob(stem, pa, ib[stem], output_path(out_dir, stem, pa, suffix)))
-        else:
+        elif stem not in clashing:
             problems.append(PairOutcome(stem, "failed", error=f"{pa} has no partner named {stem}.* in {b_dir}"))
     for stem, pb in ib.items():
-        if stem not in ia:
+        if stem not in ia and stem not in clashing:
             problems.append(PairOutcome(stem, "failed", error=f"{pb} has no partner named {stem}.* in {a_dir}"))
     return jobs, problems
 
@@ -274,7 +325,14 @@ def run_jobs(
     or on the cluster at ``scheduler`` (``tcp://host:8786``). Outcomes come back in job order.
 
     ``fn`` must be picklable for process workers (a module-level function or a ``functools.partial``).
+    Raises ValueError for a negative worker or retry count and for outputs in a folder of sources
+    (:func:`refuse_outputs_over_sources`); ConnectionError when ``scheduler`` cannot be reached.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a positive number of Dask workers (or 0: in-process), not {workers!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries!r}")
+    refuse_outputs_over_sources(jobs)
     t0 = time.perf_counter()
     startup = [0.0]
     if scheduler or workers:
@@ -339,7 +397,10 @@ def _run_dask(
     t0 = time.perf_counter()
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, ValueError, TypeError) as err:  # refused, timed out, malformed address
+            raise ConnectionError(f"could not reach the Dask scheduler at {scheduler}: {err}") from err
     else:
         cluster = LocalCluster(
             n_workers=int(workers), threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=logging.CRITICAL
@@ -426,16 +487,32 @@ class _LazySource:
     grid: Grid
     meta: dict
     intensity: color.Intensity | None = None
+    label: str = ""  # "A" / "B", for messages
 
     @property
     def spatial(self) -> tuple[int, int]:
         s = tuple(self.data.shape)
         return (s[1], s[2]) if self.bands else (s[0], s[1])
 
+    def _where(self, ys: slice, xs: slice) -> str:
+        h, w = self.spatial
+        y0, y1, _ = ys.indices(h)
+        x0, x1, _ = xs.indices(w)
+        return f"rows {y0}-{max(y0, y1 - 1)}, columns {x0}-{max(x0, x1 - 1)}"
+
     def block(self, ys: slice, xs: slice) -> np.ndarray:
-        if self.bands:
-            return np.asarray(self.data[:, ys, xs])
-        return np.asarray(self.data[ys, xs])
+        """Pixels of one tile; ValueError naming the file and the tile when it cannot be read or
+        holds NaN/inf (checked on every tile, so nothing non-finite reaches the output)."""
+        try:
+            blk = np.asarray(self.data[:, ys, xs] if self.bands else self.data[ys, xs])
+        except (OSError, ValueError, RuntimeError) as err:  # truncated / corrupt chunk (tifffile, codecs, zarr)
+            raise ValueError(f"source {self.label}: cannot read {self._where(ys, xs)} of {self.path}: {_describe_error(err)}") from err
+        if blk.dtype.kind == "f" and not np.isfinite(blk).all():
+            raise ValueError(
+                f"source {self.label}: {self.path} has NaN or infinite values in {self._where(ys, xs)}; "
+                "fill or mask them before fusing"
+            )
+        return blk
 
 
 def _open_source(path: str | os.PathLike, name: str) -> _LazySource:
@@ -461,7 +538,7 @@ def _open_source(path: str | os.PathLike, name: str) -> _LazySource:
         from ..io import read_image
 
         img = read_image(p)
-        return _LazySource(img.data, p, img.rgb, img.channel_axis is not None, img.grid, img.meta)
+        return _LazySource(img.data, p, img.rgb, img.channel_axis is not None, img.grid, img.meta, label=name)
     shape = tuple(data.shape)
     rgb = len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
     bands = len(shape) == 3 and not rgb
@@ -469,7 +546,7 @@ def _open_source(path: str | os.PathLike, name: str) -> _LazySource:
         raise ValueError(f"source {name}: {p} is {shape}; tiled disk-to-disk fusion takes 2-D gray, RGB or bands-first scenes")
     if np.dtype(data.dtype).kind not in "uif":
         raise ValueError(f"source {name}: {p} has unsupported dtype {data.dtype}")
-    src = _LazySource(data, p, rgb, bands, None, meta)  # type: ignore[arg-type]
+    src = _LazySource(data, p, rgb, bands, None, meta, label=name)  # type: ignore[arg-type]
     src.grid = grid if grid is not None else Grid.identity(src.spatial)
     return src
 
@@ -484,15 +561,36 @@ def _grid_from_attrs(attrs: Any, shape: tuple[int, ...]) -> Grid | None:
     return Grid(tuple(spatial), aff, str(attrs.get("units", "pixel")))
 
 
+def _check_tiff_complete(tf: Any, p: Path, name: str) -> None:
+    """ValueError when the pixel data of the first series runs past the end of the file (truncated)."""
+    size = p.stat().st_size
+    for page in tf.series[0].pages:
+        if page is None:
+            continue
+        ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+        if ends and max(ends) > size:
+            raise ValueError(
+                f"source {name}: {p} is truncated: its pixel data needs {max(ends)} bytes but the file has {size}"
+            )
+
+
 def _open_tiff(p: Path, name: str) -> tuple[Any, Grid | None, dict]:
     import tifffile
 
     from ..io.geotiff import grid_from_geotags, read_geotags
 
-    with tifffile.TiffFile(str(p)) as tf:
-        page = tf.pages[0]
-        geotags = read_geotags(page)
-        series_shape = tuple(tf.series[0].shape)
+    if p.stat().st_size == 0:
+        raise ValueError(f"source {name}: {p} is empty (0 bytes)")
+    try:
+        with tifffile.TiffFile(str(p)) as tf:
+            if not tf.series:
+                raise ValueError(f"source {name}: {p} holds no image")
+            page = tf.pages[0]
+            geotags = read_geotags(page)
+            series_shape = tuple(tf.series[0].shape)
+            _check_tiff_complete(tf, p, name)
+    except (tifffile.TiffFileError, struct.error, IndexError, KeyError, OSError) as err:
+        raise ValueError(f"source {name}: {p} is not a readable TIFF ({_describe_error(err)})") from err
     try:
         data = tifffile.memmap(str(p), mode="r")
     except Exception:
@@ -625,6 +723,7 @@ def fuse_file_tiled_steps(
     from .pipeline import _align, _halo, _preferred_tile, fuse_unit, resolve_runner
 
     out_path = Path(out_path)
+    refuse_output_over_source(out_path, path_a, path_b)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists (pass overwrite=True)")
     osuf = _suffix(out_path)
@@ -674,10 +773,13 @@ def fuse_file_tiled_steps(
 
     import zarr
 
-    tmp_dir = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex[:8]}.part.zarr"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        group = zarr.open_group(str(tmp_dir), mode="w")
+    from ..io.atomic import atomic_path
+
+    # everything (the zarr, or the scratch zarr of a TIFF) lives in atomic_path's private folder:
+    # a failed or killed run leaves no target behind, and the next run removes the folder
+    with atomic_path(out_path) as tmp:
+        store = tmp if osuf == ".zarr" else tmp.parent / "levels.zarr"
+        group = zarr.open_group(str(store), mode="w")
         z0 = group.create_array("0", shape=oshape, chunks=ochunks, dtype=odtype, fill_value=0)
 
         def write(ys: slice, xs: slice, f: np.ndarray) -> None:
@@ -713,16 +815,24 @@ def fuse_file_tiled_steps(
         }
         group.attrs["affine"] = np.asarray(a.grid.affine).tolist()
         group.attrs["units"] = a.grid.units
-        if osuf == ".zarr":
-            if out_path.exists():
-                shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-            os.replace(tmp_dir, out_path)
-        else:
-            _zarr_to_tiff(levels, out_path, a, rgb=len(oshape) == 3 and not b.bands, bands=b.bands)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        if osuf != ".zarr":
+            _zarr_to_tiff(levels, tmp, a, rgb=len(oshape) == 3 and not b.bands, bands=b.bands)
     return out_path
+
+
+def refuse_output_over_source(out_path: str | os.PathLike, path_a: str | os.PathLike, path_b: str | os.PathLike) -> None:
+    """ValueError when a tiled output would replace a source (same path, or one folder inside the other)."""
+    out = Path(out_path)
+    for label, src in (("A", Path(path_a)), ("B", Path(path_b))):
+        o, s = out.resolve(), src.resolve()
+        same = o == s
+        if not same and out.exists() and src.exists():
+            try:
+                same = os.path.samefile(out, src)
+            except OSError:
+                same = False
+        if same or o in s.parents or s in o.parents:
+            raise ValueError(f"output {out} would replace source {label} ({src}): choose another output path")
 
 
 def _build_pyramid(group: Any, z0: Any, *, bands: bool, min_side: int = 256):
@@ -763,10 +873,10 @@ def _build_pyramid(group: Any, z0: Any, *, bands: bool, min_side: int = 256):
 
 
 def _zarr_to_tiff(levels: list, out_path: Path, a: _LazySource, *, rgb: bool, bands: bool, tile: int = 256) -> None:
-    """Stream zarr levels into a tiled, zlib-compressed (Geo)TIFF with the pyramid as SubIFDs."""
+    """Stream zarr levels into a tiled, zlib-compressed (Geo)TIFF with the pyramid as SubIFDs (at
+    ``out_path`` directly: the caller makes the write atomic)."""
     import tifffile
 
-    from ..io.atomic import atomic_path
     from ..io.geotiff import geotags_from_grid
 
     extratags = []
@@ -794,11 +904,10 @@ def _zarr_to_tiff(levels: list, out_path: Path, a: _LazySource, *, rgb: bool, ba
         planarconfig="separate" if bands else None,
         metadata=None,
     )
-    with atomic_path(out_path) as tmp:
-        with tifffile.TiffWriter(str(tmp), bigtiff=nbytes > 3_000_000_000) as tw:
-            tw.write(tiles(z0), shape=z0.shape, dtype=z0.dtype, subifds=len(levels) - 1, extratags=extratags, **kw)
-            for z in levels[1:]:
-                tw.write(tiles(z), shape=z.shape, dtype=z.dtype, subfiletype=1, **kw)
+    with tifffile.TiffWriter(str(out_path), bigtiff=nbytes > 3_000_000_000) as tw:
+        tw.write(tiles(z0), shape=z0.shape, dtype=z0.dtype, subifds=len(levels) - 1, extratags=extratags, **kw)
+        for z in levels[1:]:
+            tw.write(tiles(z), shape=z.shape, dtype=z.dtype, subfiletype=1, **kw)
 
 
 def fuse_file_tiled(

@@ -32,11 +32,23 @@ def _stem(p: Path) -> str:
     return n[: -len(".nii.gz")] if n.lower().endswith(".nii.gz") else p.stem
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def _images(folder: Path, missing: str = "warn") -> dict[str, Path]:
+    """Image files by name without extension; two files with one name (``x.png`` + ``x.tif``) are
+    ambiguous: that name is left out and reported as ``missing`` says (warn / raise ValueError / ignore)."""
+    seen: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES):
-            out.setdefault(_stem(p), p)
+            seen.setdefault(_stem(p), []).append(p)
+    out: dict[str, Path] = {}
+    for stem, paths in seen.items():
+        if len(paths) == 1:
+            out[stem] = paths[0]
+            continue
+        msg = f"{paths[0]} and {' and '.join(q.name for q in paths[1:])} share the name {stem!r}: rename or remove all but one"
+        if missing == "raise":
+            raise ValueError(msg)
+        if missing == "warn":
+            warnings.warn(msg + " (skipped)", stacklevel=4)
     return out
 
 
@@ -44,23 +56,36 @@ def _subdirs(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
-def _pan_ms(folder: Path) -> tuple[Path | None, Path | None]:
-    imgs = {k.lower(): v for k, v in _images(folder).items()}
+def _pan_ms(folder: Path, missing: str = "warn") -> tuple[Path | None, Path | None]:
+    imgs = {k.lower(): v for k, v in _images(folder, missing).items()}
+    if {c.lower() for c in _clashing(folder)} & {"pan", "ms"}:
+        return None, None  # reported by _images; not a missing partner as well
     return imgs.get("pan"), imgs.get("ms")
 
 
 def _match(dir_a: Path, dir_b: Path, mod_a: str, mod_b: str, suffix: str, missing: str) -> list[Pair]:
-    a, b = _images(dir_a), _images(dir_b)
+    a, b = _images(dir_a, missing), _images(dir_b, missing)
+    clashing = _clashing(dir_a) | _clashing(dir_b)
     pairs = []
     for stem, pa in a.items():
         if stem in b:
             pairs.append(Pair(stem + suffix, pa, b[stem], mod_a, mod_b))
-        else:
+        elif stem not in clashing:
             _missing(f"{pa} has no partner named {stem}.* in {dir_b}", missing)
     for stem, pb in b.items():
-        if stem not in a:
+        if stem not in a and stem not in clashing:
             _missing(f"{pb} has no partner named {stem}.* in {dir_a}", missing)
     return pairs
+
+
+def _clashing(folder: Path) -> set[str]:
+    """Names held by more than one image file of ``folder`` (already reported by :func:`_images`)."""
+    from collections import Counter
+
+    stems = Counter(
+        _stem(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+    )
+    return {s for s, n in stems.items() if n > 1}
 
 
 def _missing(msg: str, missing: str) -> None:
@@ -74,7 +99,8 @@ def find_pairs(folder: str | os.PathLike, *, missing: str = "warn") -> list[Pair
     """All registered pairs in a folder with a known layout (empty list if it has none).
 
     A file without its partner is reported with a warning and skipped (``missing="raise"``
-    raises FileNotFoundError instead, ``"ignore"`` skips silently).
+    raises FileNotFoundError instead, ``"ignore"`` skips silently); so are two files with one name
+    (``x.png`` and ``x.tif``: ValueError under ``"raise"``).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -96,7 +122,7 @@ def find_pairs(folder: str | os.PathLike, *, missing: str = "warn") -> list[Pair
             pairs += _match(mri, d, "MRI", mod, f"_{mod}" if several else "", missing)
     elif mri is not None:
         _missing(f"{mri} has no partner folder (CT/, PET/ or SPECT/) in {root}", missing)
-    pan, ms = _pan_ms(root)
+    pan, ms = _pan_ms(root, missing)
     if pan and ms:
         pairs.append(Pair(root.name, pan, ms, "pan", "ms"))
     elif pan or ms:
@@ -104,7 +130,7 @@ def find_pairs(folder: str | os.PathLike, *, missing: str = "warn") -> list[Pair
     for name, sub in subs.items():
         if name in _IR + _VI + _MRI + tuple(_MED_B):
             continue
-        pan, ms = _pan_ms(sub)
+        pan, ms = _pan_ms(sub, missing)
         if pan and ms:
             pairs.append(Pair(sub.name, pan, ms, "pan", "ms"))
         elif pan or ms:
