@@ -106,9 +106,10 @@ def _fuse_files(args) -> int:
 def _cmd_fuse_large(args) -> int:
     from tqdm import tqdm
 
-    from .engine.batch import fuse_file_tiled
+    from .engine.batch import fuse_file_tiled, refuse_output_over_source
 
     out = Path(args.out_file)
+    refuse_output_over_source(out, args.a_file, args.b_file)  # ValueError: error exit, never "skipped"
     if out.exists() and not args.overwrite:
         print(f"{out} exists; skipped (use --overwrite)")
         return 0
@@ -141,8 +142,9 @@ def _cmd_enhance(args) -> int:
     from .engine.batch import BatchJob, _images, enhance_job, output_path, run_jobs
 
     src = Path(args.in_dir)
-    files = {src.name: src} if src.is_file() else _images(src)
-    if not files:
+    clashes: list = []  # two files with one name: reported, not guessed between
+    files = {src.name: src} if src.is_file() else _images(src, clashes)
+    if not files and not clashes:
         print(f"error: no images in {src}", file=sys.stderr)
         return 2
     from .engine.batch import _stem
@@ -154,6 +156,7 @@ def _cmd_enhance(args) -> int:
         report = run_jobs(jobs, fn, workers=args.workers, scheduler=args.scheduler, retries=args.retries, processes=not args.threads, progress=lambda o: bar.update(1))
     finally:
         bar.close()
+    report.outcomes += clashes
     return _print_report(report)
 
 
@@ -187,8 +190,9 @@ def _cmd_segment(args) -> int:
     if args.b_dir:  # two source folders: fuse and segment, labels under OUT/labels/
         report = fuse_folder(args.in_dir, args.b_dir, args.out, method, device=args.device, tile=args.tile, overwrite=args.overwrite, suffix=args.format)
         return _print_report(report)
-    files = _images(Path(args.in_dir))
-    if not files:
+    clashes: list = []  # two files with one name: reported, not guessed between
+    files = _images(Path(args.in_dir), clashes)
+    if not files and not clashes:
         print(f"error: no images in {args.in_dir}", file=sys.stderr)
         return 2
     suffix = args.format or ".png"
@@ -199,6 +203,7 @@ def _cmd_segment(args) -> int:
         report = run_jobs(jobs, fn, progress=lambda o: bar.update(1))
     finally:
         bar.close()
+    report.outcomes += clashes
     return _print_report(report)
 
 
@@ -211,9 +216,11 @@ def evaluate_folders(a_dir: str | os.PathLike, b_dir: str | os.PathLike | None, 
     from .api import evaluate
     from .engine.batch import _images, plan_jobs
 
-    fused = _images(Path(fused_dir))
+    clashes: list = []  # fused/x.png and fused/x.tif: which one to score is unclear
+    fused = _images(Path(fused_dir), clashes)
     jobs, problems = plan_jobs(a_dir, b_dir, fused_dir)
-    rows, errors = [], [f"{p.name}: {p.error}" for p in problems]
+    rows, errors = [], [f"{p.name}: {p.error}" for p in problems + clashes]
+    jobs = [j for j in jobs if j.name not in {c.name for c in clashes}]
     for job in jobs:
         f = fused.get(job.name)
         if f is None:
@@ -286,6 +293,11 @@ def _cmd_demo(args) -> int:
     from .samples import sample_paths
 
     out = Path(args.out)
+    try:  # an unwritable --out fails here, before any fusing, naming the folder
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create the output folder {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     pa, pb = sample_paths("ivif")
     a, b = read_pair(pa, pb)
     names = [args.method or default_method()] + ["average", "max", "laplacian"]
@@ -295,24 +307,55 @@ def _cmd_demo(args) -> int:
     for name in names:
         try:
             res = fuse_arrays(a.data, b.data, name, grid_a=a.grid, grid_b=b.grid, rgb_a=a.rgb, rgb_b=b.rgb, device=args.device)
-            path = write_image(out / f"{name}.png", res.fused, like=a, grid=res.grid, rgb=res.fused.ndim == 3)
-            rows.append({"method": name, **evaluate(res.fused, a, b), "file": path.name})
+            scores = evaluate(res.fused, a, b)
         except FileNotFoundError as err:  # weights not installed: say so, show the baselines
             print(f"skipped {name}: {err}", file=sys.stderr)
+            continue
         except Exception as err:  # noqa: BLE001 - the baselines still run
             failed.append(f"{name}: {err}")
             print(f"FAILED {name}: {err}", file=sys.stderr)
+            continue
+        try:
+            path = write_image(out / f"{name}.png", res.fused, like=a, grid=res.grid, rgb=res.fused.ndim == 3)
+        except OSError as err:  # the folder cannot take files: the others would fail the same way
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        rows.append({"method": name, **scores, "file": path.name})
     cols = ["method", *METRIC_NAMES]
     print(format_table(rows, cols))
-    if rows:
-        _write_csv(out / "metrics.csv", rows, [*cols, "file"])
-        print(f"wrote {len(rows)} fused images and metrics.csv to {out}")
+    if not rows:
+        print(f"error: no method could run; nothing was written to {out}", file=sys.stderr)
+        return 1
+    _write_csv(out / "metrics.csv", rows, [*cols, "file"])
+    print(f"wrote {len(rows)} fused images and metrics.csv to {out}")
     return 1 if failed else 0
 
 
 # ------------------------------------------------------------------------------------------------
 # parser
 # ------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return n
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser, method_default: str | None = None, batch: bool = True) -> None:
     p.add_argument("--method", "-m", default=method_default, help="registered method name (see `napari-fusion methods`)" + ("" if method_default else "; default: the default method"))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; $NAPARI_FUSION_DEVICE overrides), cpu, cuda, cuda:N, mps")
@@ -320,9 +363,9 @@ def _common(p: argparse.ArgumentParser, method_default: str | None = None, batch
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist (default: skip them)")
     p.add_argument("--format", default=None, help="output extension, e.g. .tif (default: A's format; JPEG becomes PNG)")
     if batch:
-        p.add_argument("--workers", type=int, default=0, help="run pairs on a local Dask cluster with N workers (default: in-process)")
-        p.add_argument("--scheduler", default=None, help="run pairs on an existing Dask cluster, e.g. tcp://host:8786")
-        p.add_argument("--retries", type=int, default=0, help="retry a pair that failed for a transient reason (I/O, memory) N times")
+        p.add_argument("--workers", type=_positive_int, default=0, help="run pairs on a local Dask cluster with N workers (default: in-process)")
+        p.add_argument("--scheduler", default=None, help="run pairs on an existing Dask cluster, e.g. tcp://host:8786 (given up after 5 s)")
+        p.add_argument("--retries", type=_count, default=0, help="retry a pair that failed for a transient reason (I/O, memory) N times")
         p.add_argument("--threads", action="store_true", help="local Dask workers as threads of this process instead of processes")
 
 
@@ -394,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except OSError as err:  # unwritable output, unreachable scheduler: said plainly, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

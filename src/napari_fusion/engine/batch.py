@@ -148,8 +148,8 @@ def _images(folder: Path, clashes: list[PairOutcome] | None = None) -> dict[str,
         if len(paths) == 1:
             out[stem] = paths[0]
         elif clashes is not None:
-            names = " and ".join(q.name for q in paths)
-            clashes.append(PairOutcome(stem, "failed", error=f"{folder} holds {names}, one name {stem!r}: rename or remove all but one"))
+            others = " and ".join(q.name for q in paths[1:])
+            clashes.append(PairOutcome(stem, "failed", error=f"{paths[0]} and {others} share the name {stem!r}: rename or remove all but one"))
     return out
 
 
