@@ -2,13 +2,15 @@
 
 Console / batch API (NumPy arrays or napari layers in, arrays or layers out)::
 
-    from napari_fusion import fuse, enhance, segment, evaluate, finetune, load_model, save_model, methods
+    from napari_fusion import fuse, enhance, segment, evaluate, finetune, load_model, save_model, methods, detect
+
+Objects as boxes (YOLO files, weak labels, mAP): :mod:`napari_fusion.boxes`.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("fuse", "enhance", "segment", "evaluate", "finetune", "load_model", "save_model", "methods")
+_API = ("fuse", "enhance", "segment", "evaluate", "finetune", "load_model", "save_model", "methods", "detect")
 __all__ = [*_API, "__version__"]
 
 

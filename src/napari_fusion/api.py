@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .boxes import DEFAULT_MIN_AREA
 from .engine.pipeline import (
     FusionResult,
     Progress,
@@ -40,6 +41,7 @@ __all__ = [
     "load_model",
     "save_model",
     "methods",
+    "detect",
     "as_input",
     "SourceInput",
 ]
@@ -439,3 +441,46 @@ def methods(segmenting_only: bool = False) -> list:
     from .methods.registry import list_methods
 
     return list_methods(segmenting_only=segmenting_only)
+
+
+def detect(
+    a: Any,
+    b: Any,
+    method: Any = None,
+    *,
+    viewer: Any = None,
+    min_area: int = DEFAULT_MIN_AREA,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: Callable[[Progress], Any] | None = None,
+    name: str | None = None,
+    **kw: Any,
+) -> list:
+    """Objects as boxes: fuse and segment a pair, then one box per connected component of each class.
+
+    Runs exactly :func:`fuse` ``(a, b, method, full=True, segment=True)`` and turns its labels
+    (on A's grid, 2-D) into :class:`napari_fusion.boxes.Box` es with :func:`napari_fusion.boxes.boxes_from_labels`:
+    label value ``v`` -> YOLO class ``v - 1`` named by the method's class ``v``; components under
+    ``min_area`` pixels are dropped; the score is size-based (the runners give no probabilities).
+    With ``viewer`` the fused Image and Labels layers of :func:`fuse` are shown and a Shapes layer
+    ``"{method} boxes ({a} + {b})"`` of rectangles (edge colour per class, class name as text) is
+    put next to the Labels layer, placed with A's scale/translate. Example::
+
+        boxes = detect(ir, vi, "tdfusion-brats")
+        write_yolo("found.txt", boxes, ir.shape[:2])   # from napari_fusion.boxes
+    """
+    from .boxes import boxes_from_labels, show_boxes
+
+    sa, sb = as_input(a, "A"), as_input(b, "B")
+    res = fuse(sa, sb, method, viewer=viewer, device=device, tile=tile, progress=progress, name=name, full=True, segment=True, **kw)
+    if res.labels is None:
+        raise ValueError(f"method {res.method!r} gave no labels; detect needs a segmenting method (see methods(segmenting_only=True))")
+    if np.ndim(res.labels) != 2:
+        raise ValueError(f"detect takes 2-D images (labels are {np.shape(res.labels)}); pick one slice of the volumes")
+    boxes = boxes_from_labels(res.labels, res.classes, min_area=min_area)
+    if viewer is not None:
+        labels_name = f"{res.method} labels ({sa.name} + {sb.name})"
+        meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
+        show_boxes(viewer, boxes, f"{res.method} boxes ({sa.name} + {sb.name})", classes=res.classes,
+                   place=_placement(sa, res.grid), after=labels_name, metadata=meta)
+    return boxes
