@@ -162,19 +162,21 @@ def register_family(family: str, from_bundle: Callable[..., Any]) -> None:
 
 
 def runner_from_file(path: str | Path, device: str = "cpu"):
-    """Rebuild a runner from a napari-fusion model file (shipped or user-saved); runs no code from it."""
-    from .store import ModelFileError, load_bundle
+    """Rebuild a runner from a napari-fusion model file (shipped or user-saved); runs no code from it.
+
+    Every problem of the file (not safetensors, corrupt metadata, a config out of sane bounds,
+    tensors that do not fit the config, NaN/inf weights) is a ``ModelFileError`` naming the file,
+    raised before any real module is built (see :func:`napari_fusion.methods.store.rebuild_from_file`).
+    """
+    from .store import ModelFileError, read_metadata, rebuild_from_file
 
     _ensure_loaded()
-    tensors, meta = load_bundle(path, device="cpu")
+    meta = read_metadata(path)
     family = meta.get("family")
     if family not in _FAMILIES:
         known = ", ".join(_FAMILIES) or "none"
-        raise ModelFileError(f"{path} holds a {family!r} model; this napari-fusion knows: {known}")
-    try:
-        return _FAMILIES[family](tensors, meta, device)
-    except (KeyError, RuntimeError) as err:  # missing / misshapen tensors
-        raise ModelFileError(f"{path} does not match the {family} architecture: {err}") from err
+        raise ModelFileError(f"{path} holds a {family!r:.80} model; this napari-fusion knows: {known}")
+    return rebuild_from_file(path, family, _FAMILIES[family], device, meta=meta)
 
 
 def default_method() -> str:
