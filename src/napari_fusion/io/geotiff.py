@@ -84,8 +84,11 @@ def grid_from_geotags(tags: dict, shape: tuple[int, int]) -> Grid | None:
     if MODEL_PIXEL_SCALE in tags and MODEL_TIEPOINT in tags:
         sx, sy = (float(v) for v in tags[MODEL_PIXEL_SCALE][2][:2])
         i, j, _k, x0, y0, _z = (float(v) for v in tags[MODEL_TIEPOINT][2][:6])
-        if sx <= 0 or sy <= 0:
-            return None
+        if not (np.isfinite(sx) and np.isfinite(sy)) or sx == 0 or sy == 0:
+            raise ValueError(f"ModelPixelScale ({sx:g}, {sy:g}) has a zero or non-finite pixel size")
+        # a negative scale is a flip, kept as such: sy < 0 means rows run north (a south-up raster),
+        # sx < 0 columns run west; the grid's affine then has a negative diagonal entry (napari
+        # shows it through an affine), as GDAL's geotransform (x0 - i*sx, sx, 0, y0 + j*sy, 0, -sy)
         aff = np.array(
             [[sy, 0.0, -y0 + (off - j) * sy], [0.0, sx, x0 + (off - i) * sx], [0.0, 0.0, 1.0]], dtype=float
         )

@@ -48,6 +48,62 @@ def nifti_affine_to_grid(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[Gr
     return Grid(new_shape, RAS_TO_WORLD @ new_aff, "mm"), tf
 
 
+def _usable_affine(img, p: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The voxel -> RAS affine of a NIfTI image, or :class:`ImageReadError` saying why there is none.
+
+    nibabel takes the sform when its code is set, else the qform, else the voxel sizes. A singular or
+    non-finite affine (a corrupt header: zero rows, zero voxel size) cannot place the voxels: the
+    qform is used instead when it is valid (with a warning), a zero-thickness axis of a single slice
+    gets a unit normal, and anything else is refused naming the file and the affine.
+    """
+    import warnings
+
+    hdr = img.header
+    aff = np.asarray(img.affine, float)
+    sform_code = int(hdr["sform_code"]) if "sform_code" in hdr else 0
+    qform_code = int(hdr["qform_code"]) if "qform_code" in hdr else 0
+    which = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "voxel-size (pixdim)"
+
+    def problem(m: np.ndarray) -> str | None:
+        if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+            return "not finite"
+        lin = m[:3, :3]
+        norms = np.linalg.norm(lin, axis=0)
+        if np.any(norms == 0) or abs(np.linalg.det(lin)) < 1e-6 * float(np.prod(norms)):
+            return "singular (its voxel axes are degenerate: a zero row, column or voxel size)"
+        return None
+
+    why = problem(aff)
+    if why is None:
+        return aff
+    lin = aff[:3, :3]
+    norms = np.linalg.norm(lin, axis=0) if np.all(np.isfinite(lin)) else np.zeros(3)
+    zero = [i for i in range(3) if norms[i] == 0]
+    if len(zero) == 1 and shape[zero[0]] == 1 and np.all(np.isfinite(aff)):
+        # one slice without a thickness: any normal places it; keep the others right-handed
+        i, j, k = zero[0], (zero[0] + 1) % 3, (zero[0] + 2) % 3
+        n = np.cross(lin[:, j], lin[:, k])
+        if np.linalg.norm(n) > 0:
+            fixed = aff.copy()
+            fixed[:3, i] = n / np.linalg.norm(n)
+            if problem(fixed) is None:
+                return fixed
+    if which == "sform" and qform_code > 0:
+        try:
+            q = np.asarray(hdr.get_qform(), float)
+        except Exception:  # a broken qform too
+            q = None
+        if q is not None and problem(q) is None:
+            warnings.warn(f"{p}: its sform affine is {why}; using its qform instead", stacklevel=3)
+            return q
+    aff_txt = np.array2string(aff, precision=4, suppress_small=True).replace("\n", "")
+    raise ImageReadError(
+        p,
+        f"its {which} affine is {why}, so where its voxels lie is unknown (affine {aff_txt}); "
+        "fix the header (e.g. nibabel's set_sform / set_qform, or fslorient)",
+    )
+
+
 def read_nifti(path: str | os.PathLike, *, name: str | None = None, modality: str | None = None) -> LoadedImage:
     """Read a 3-D (or 4-D: time/channels first after reading) NIfTI volume in (S, P, L) order."""
     import nibabel as nib
@@ -74,8 +130,11 @@ def read_nifti(path: str | os.PathLike, *, name: str | None = None, modality: st
         shape = data.shape
     if np.iscomplexobj(data) or data.dtype == np.bool_ or data.dtype.kind not in "uif":
         raise ImageReadError(p, f"unsupported pixel type {data.dtype} (expected integers or floats)")
-    affine = np.asarray(img.affine, float)
-    grid, tf = nifti_affine_to_grid(affine, shape[:3])
+    affine = _usable_affine(img, p, shape[:3])
+    try:
+        grid, tf = nifti_affine_to_grid(affine, shape[:3])
+    except ValueError as err:  # a degenerate affine that slipped through: still name the file
+        raise ImageReadError(p, f"cannot orient its voxels from its affine ({err})") from err
     data = ornt.apply_orientation(data, tf)
     channel_axis = None
     if data.ndim == 4:
