@@ -156,7 +156,12 @@ def clear_runner_cache() -> None:
 
 
 def register_family(family: str, from_bundle: Callable[..., Any]) -> None:
-    """Say how a model family is rebuilt from a model file: ``from_bundle(tensors, meta, device)``."""
+    """Say how a model family is rebuilt from a model file: ``from_bundle(tensors, meta, device)``.
+
+    ``from_bundle`` is first dry-run on the ``meta`` device with shape-only tensors (to check a file's
+    config and tensor shapes before allocating anything), so it must only build modules and load
+    state dicts, never read tensor values.
+    """
     with _LOCK:
         _FAMILIES[family] = from_bundle
 
