@@ -3,6 +3,13 @@
 Loading never executes code from the file (safetensors holds tensors and strings only), so a
 shared model is safe to open. The metadata says which method family rebuilds the model, its
 classes, its configuration and how it was trained.
+
+Opening a model (:func:`rebuild_from_file`) checks, in this order and each as a
+:class:`ModelFileError` naming the file: what the file really is (a pickle / torch.save file is named
+as such, other bytes are "not a safetensors model file"), the metadata (a JSON object, a whole-number
+``format_version``, a family name), the config (numbers only, each within :data:`CONFIG_BOUNDS`),
+the header's tensor shapes against what that config builds (a dry run on the ``meta`` device,
+which allocates nothing), and last the weights themselves (no NaN / inf).
 """
 from __future__ import annotations
 
@@ -113,7 +120,12 @@ def _check_header(path: Path) -> None:
     if len(raw) < 8:
         raise ModelFileError(f"model file {path} is truncated ({len(raw)} bytes)")
     (n,) = struct.unpack("<Q", raw[:8])
-    if n <= 1 or 8 + n > size or n > _MAX_HEADER_BYTES:
+    if n > _MAX_HEADER_BYTES and 8 + n <= size:
+        raise ModelFileError(
+            f"{path} is not a safetensors model file: its first 8 bytes give a header of {n} bytes, "
+            f"more than the {_MAX_HEADER_BYTES} bytes safetensors allows"
+        )
+    if n <= 1 or 8 + n > size:
         raise ModelFileError(
             f"{path} is not a safetensors model file: its first 8 bytes give a header of {n} bytes "
             f"but the file has {size} bytes in all (wrong kind of file, or truncated)"
