@@ -470,6 +470,7 @@ def show_boxes(
     *,
     classes: Any = None,
     place: Mapping[str, Any] | None = None,
+    like: Any = None,
     after: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -477,8 +478,9 @@ def show_boxes(
 
     Edge colour per class (the method's class colours), transparent faces, the class name as text;
     features ``name``, ``class`` and ``score`` per rectangle. ``place``: the scale/translate/... of
-    the layer the boxes belong to (source A). ``after``: put the layer right after this layer (the
-    Labels layer) when the layer is new.
+    the layer the boxes belong to (source A), or ``like``: a 2-D layer whose transform they take (the
+    Labels layer they come from). ``after``: put the layer right after this layer (the Labels
+    layer) when the layer is new.
     """
     from napari.layers import Shapes
 
@@ -491,6 +493,14 @@ def show_boxes(
         "score": np.array([b.score for b in boxes], dtype=float),
     }
     kw = {k: v for k, v in (place or {}).items() if v is not None}
+    if like is not None and place is None:
+        kw = {
+            "scale": tuple(like.scale),
+            "translate": tuple(like.translate),
+            "rotate": np.asarray(like.rotate),
+            "shear": np.asarray(like.shear),
+            "affine": np.asarray(like.affine.affine_matrix),
+        }
     layer = Shapes(
         rects,
         shape_type="rectangle",

@@ -331,6 +331,100 @@ def _cmd_demo(args) -> int:
     return 1 if failed else 0
 
 
+def _detect_one(job, runner: Any, min_area: int, device: str, tile: int | None, overwrite: bool, scores: bool, found: dict):
+    """One pair -> ``OUT/NAME.txt`` (YOLO boxes); the boxes and A's shape go into ``found`` for scoring."""
+    import time
+
+    from .api import detect
+    from .boxes import read_yolo, write_yolo
+    from .engine.batch import PairOutcome
+    from .io import Pair, read_image, read_pair
+
+    t0 = time.perf_counter()
+    if job.out.exists() and not overwrite:
+        shape = tuple(read_image(job.path_a).grid.shape)
+        found[job.name] = (read_yolo(job.out, shape, with_score=True), shape)
+        return PairOutcome(job.name, "skipped", job.out)
+    a, b = read_pair(Pair(job.name, job.path_a, job.path_b, job.modality_a or "A", job.modality_b or "B"))
+    boxes = detect(a, b, runner, min_area=min_area, device=device, tile=tile)
+    shape = tuple(a.grid.shape)
+    write_yolo(job.out, boxes, shape, with_score=scores)
+    found[job.name] = (boxes, shape)
+    return PairOutcome(job.name, "done", job.out, seconds=time.perf_counter() - t0)
+
+
+def _score_detections(found: dict, truth_dir: str | os.PathLike, names: list[str]) -> tuple[Any, list[str]]:
+    """mAP@0.5 of the detections against ``TRUTH_DIR/NAME.txt``; truth classes are matched to the
+    method's by name when ``classes.txt`` lies in TRUTH_DIR or its parent, else by id."""
+    from .boxes import box_map, read_class_names, read_yolo, relabel
+
+    truth_dir = Path(truth_dir)
+    if not truth_dir.is_dir():
+        raise NotADirectoryError(f"{truth_dir}: not a folder")
+    cls_file = next((p for p in (truth_dir / "classes.txt", truth_dir.parent / "classes.txt") if p.is_file()), None)
+    truth_names = read_class_names(cls_file) if cls_file is not None else None
+    mapping: dict[int, int] = {}
+    all_names = dict(enumerate(names))
+    for t, tn in enumerate(truth_names or ()):
+        mapping[t] = names.index(tn) if tn in names else len(names) + t
+        all_names.setdefault(mapping[t], tn)
+    preds, truths, errors = [], [], []
+    for name, (boxes, shape) in sorted(found.items()):
+        path = truth_dir / f"{name}.txt"
+        if not path.is_file():
+            errors.append(f"{name}: no truth file {path}")
+            continue
+        try:
+            tb = read_yolo(path, shape, n_classes=len(truth_names) if truth_names else len(names), names=truth_names or names)
+        except ValueError as err:
+            errors.append(f"{name}: {err}")
+            continue
+        truths.append(relabel(tb, mapping, all_names))
+        preds.append(boxes)
+    return box_map(preds, truths, names=all_names), errors
+
+
+def _cmd_detect(args) -> int:
+    import functools
+
+    from .boxes import class_names_of, write_class_names
+    from .engine.batch import plan_jobs, run_jobs
+    from .engine.pipeline import resolve_runner
+
+    runner, mname, _ = resolve_runner(args.method, args.device)  # unknown method: fail before any work
+    labels = class_names_of(getattr(runner, "classes", None))
+    if not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")) or not any(v > 0 for v in labels):
+        from .methods.registry import list_methods
+
+        segs = ", ".join(m.name for m in list_methods(segmenting_only=True)) or "none"
+        raise ValueError(f"method {mname!r} does not segment, so it finds no objects; segmenting methods: {segs}")
+    names = [labels.get(v, f"class {v}") for v in range(1, max(labels) + 1)]
+    jobs, problems = plan_jobs(args.a_dir, args.b_dir, args.out, suffix=".txt")
+    found: dict = {}
+    fn = functools.partial(_detect_one, runner=runner, min_area=args.min_area, device=args.device, tile=args.tile,
+                           overwrite=args.overwrite, scores=args.scores, found=found)
+    bar = _bar(len(jobs), "detect")
+    try:
+        report = run_jobs(jobs, fn, progress=lambda o: bar.update(1))
+    finally:
+        bar.close()
+    report.outcomes = problems + report.outcomes
+    if jobs:
+        write_class_names(Path(args.out) / "classes.txt", names)
+    rc = _print_report(report)
+    n = sum(len(b) for b, _ in found.values())
+    print(f"{n} boxes in {len(found)} images ({mname}; classes: {', '.join(names)}) in {args.out}")
+    if args.truth:
+        score, errors = _score_detections(found, args.truth, names)
+        rows = score.rows()
+        print(format_table(rows, list(rows[0])))
+        print(f"mAP@0.5 = {score.mean:.4f} over {len(score.per_class)} classes with truth boxes")
+        for e in errors:
+            print(f"FAILED {e}", file=sys.stderr)
+        rc = rc or (1 if errors else 0)
+    return rc
+
+
 # ------------------------------------------------------------------------------------------------
 # parser
 # ------------------------------------------------------------------------------------------------
@@ -370,7 +464,7 @@ def _common(p: argparse.ArgumentParser, method_default: str | None = None, batch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``napari-fusion`` (subcommands fuse, fuse-large, enhance, segment, evaluate, methods, demo)."""
+    """The argparse parser of ``napari-fusion`` (subcommands fuse, fuse-large, enhance, segment, detect, evaluate, methods, demo)."""
     ap = argparse.ArgumentParser(prog="napari-fusion", description="Fuse images from different sensors (infrared/visible, MRI/CT/PET, pan/MS, volumes).")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -405,6 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True)
     _common(p, "tdfusion-brats", batch=False)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("detect", help="objects as boxes: fuse+segment pairs, one YOLO text file of boxes per pair (optionally scored: mAP@0.5)")
+    p.add_argument("a_dir", help="folder of source A images (the reference grid), or a pair-layout folder (ir/+vi/)")
+    p.add_argument("b_dir", nargs="?", default=None, help="folder of source B images (omit for a pair-layout folder)")
+    p.add_argument("--out", "-o", required=True, help="output folder: NAME.txt per pair (class cx cy w h, normalised) and classes.txt")
+    p.add_argument("--method", "-m", default=None, help="a segmenting method (see `napari-fusion methods`); YOLO class k is its label k+1")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: automatic; 0: never)")
+    p.add_argument("--min-area", type=_count, default=16, help="drop objects smaller than this many pixels (default 16)")
+    p.add_argument("--truth", default=None, help="folder of true YOLO boxes NAME.txt: print AP@0.5 per class and mAP@0.5")
+    p.add_argument("--scores", action="store_true", help="write each box's score as a 6th column")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist (default: skip them, reading them back for --truth)")
+    p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("evaluate", help="fusion metrics of fused images against their pairs: A_DIR B_DIR FUSED_DIR (or PAIR_DIR FUSED_DIR)")
     p.add_argument("a_dir")

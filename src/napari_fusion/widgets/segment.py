@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ._common import (
     same_layer,
@@ -68,6 +68,8 @@ class SegmentWidget(QWidget):
             entry_filter=lambda e: e.segments,
         )
         self.device = DeviceCombo()
+        self.boxes = QCheckBox("Boxes")
+        self.boxes.setToolTip("also show each object (a connected region of one class) as a box: a Shapes layer next to the labels")
         self.segment_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -83,6 +85,7 @@ class SegmentWidget(QWidget):
         form.addRow("or image", self.image)
         form.addRow("Method", self.method)
         form.addRow("Device", self.device)
+        form.addRow("", self.boxes)
         buttons = QHBoxLayout()
         buttons.addWidget(self.segment_button)
         buttons.addWidget(self.cancel_button)
@@ -224,6 +227,12 @@ class SegmentWidget(QWidget):
             shown.append(fl.name)
         layer = place_labels(self.viewer, labels_layer_name(label), result.labels, first, classes, metadata={META_KEY: meta})
         shown.append(layer.name)
+        if self.boxes.isChecked() and result.labels.ndim == 2:
+            from ..boxes import boxes_from_labels, show_boxes
+
+            found = boxes_from_labels(result.labels, classes)
+            bl = show_boxes(self.viewer, found, f"{label} boxes", classes=classes, like=layer, after=layer.name, metadata={META_KEY: {**meta, "role": "boxes"}})
+            shown.append(bl.name)
         if classes:
             self.legend.setText(legend_html(classes))
         self.status.setText("→ " + ", ".join(repr(s) for s in shown))
