@@ -1,7 +1,7 @@
 """MultiTaskVIF (one network, one pass) vs TDFusion's cascade (fusion net + separate segmenter) on BraTS.
 
-On the held-out BraTS test cases (FLAIR = A, T1c = B, unit images as the runners see them after the
-engine's preparation), for ``multitaskvif`` and ``tdfusion-brats`` (both from the registry, or model
+On the held-out BraTS test cases, through the public API as a user opens them (the NIfTI volumes
+given to ``napari_fusion.fuse(..., full=True)``; FLAIR = A, T1c = B; see ``benchmarks/_brats.py``), for ``multitaskvif`` and ``tdfusion-brats`` (both from the registry, or model
 files given with ``--multitask`` / ``--cascade``):
 
 - segmentation: per-class IoU and Dice pooled over every test slice (``metrics.segmentation_metrics``),
@@ -50,14 +50,6 @@ def _runner(name: str, path: str | None, device: str):
     from napari_fusion.methods.registry import build_runner, runner_from_file
 
     return runner_from_file(path, device=device) if path else build_runner(name, device=device, cache=False)
-
-
-def _segment_all(runner, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fused = np.empty(a.shape, np.float32)
-    labels = np.empty(a.shape, np.int32)
-    for i in range(len(a)):
-        fused[i], labels[i] = runner.fuse_and_segment(a[i], b[i])
-    return fused, labels
 
 
 def _region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -111,15 +103,18 @@ def _time(runners: dict, size: tuple[int, int], repeats: int, warmup: int, sync)
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     a = np.clip(0.5 + 0.3 * np.sin(xx / 9) * np.cos(yy / 13) + rng.normal(0, 0.05, (h, w)), 0, 1).astype(np.float32)
     b = np.clip((((xx // 32) + (yy // 32)) % 2) * 0.6 + 0.2 + rng.normal(0, 0.05, (h, w)), 0, 1).astype(np.float32)
+    from napari_fusion import fuse
+
+    dev = str(next(iter(runners.values())).device)
     for r in runners.values():
         for _ in range(warmup):
-            r.fuse_and_segment(a, b)
+            fuse(a, b, r, full=True, device=dev)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):  # interleaved, so a load change on a shared machine hits both alike
         for k, r in runners.items():
             sync()
             t0 = time.perf_counter()
-            r.fuse_and_segment(a, b)
+            fuse(a, b, r, full=True, device=dev)
             sync()
             times[k].append(1000 * (time.perf_counter() - t0))
     return times
@@ -141,15 +136,19 @@ def _strokes(truth: np.ndarray, rng: np.random.Generator, classes, per_class: in
 
 
 def _finetune(runner, a, b, strokes, steps: int, lr: float, **kw):
-    from napari_fusion.training.finetune import finetune_steps
+    """``napari_fusion.finetune`` (the public API) on one pair; (tuned runner, seconds)."""
+    from napari_fusion import finetune
 
     t0 = time.perf_counter()
-    gen = finetune_steps(runner, a, b, strokes, steps=steps, lr=lr, **kw)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value, time.perf_counter() - t0
+    tuned = finetune(runner, a, b, strokes, steps=steps, lr=lr, device="cpu", **kw)
+    return tuned, time.perf_counter() - t0
+
+
+def _labels(runner, a, b) -> np.ndarray:
+    """Labels of one 2-D pair through ``napari_fusion.fuse(..., full=True)``."""
+    from napari_fusion import fuse
+
+    return fuse(a, b, runner, full=True, device="cpu").labels
 
 
 def _finetune_brats(mt, a, b, truth, case, steps: int, lr: float) -> tuple[list, list, str]:
@@ -166,7 +165,7 @@ def _finetune_brats(mt, a, b, truth, case, steps: int, lr: float) -> tuple[list,
     rows, csv_rows = [], []
     tuned, secs = _finetune(mt, a[k], b[k], strokes, steps, lr, background_value=5)
     for label, r in (("before (shipped)", mt), (f"after {steps} steps", tuned)):
-        pred = np.stack([r.fuse_and_segment(a[i], b[i])[1] for i in rest])
+        pred = np.stack([_labels(r, a[i], b[i]) for i in rest])
         m = segmentation_metrics(pred, truth[rest], n_classes=5, class_names=names)
         reg = _region_dice(pred, truth[rest])
         tumour = [m[f"Dice/{n}"] for n in names[1:] if math.isfinite(m[f"Dice/{n}"])]
@@ -185,7 +184,7 @@ def _finetune_ivif(mt, steps: int, lr: float) -> tuple[list, list, str]:
     from _common import iter_pairs
 
     pair = next(iter_pairs("msrs", limit=1))
-    a, b = pair.a.astype(np.float32) / 255.0, pair.b.astype(np.float32) / 255.0
+    a, b = pair.a, pair.b  # uint8 gray, given to the API as they are
     hot = a >= np.percentile(a, 97)
     cool = a <= np.percentile(a, 50)
     region = np.where(hot, 1, np.where(cool, 2, 0))
@@ -207,7 +206,7 @@ def _finetune_ivif(mt, steps: int, lr: float) -> tuple[list, list, str]:
     tuned, secs = _finetune(mt, a, b, train, steps, lr, class_names={1: "hot object", 2: "cool background"})
     rows, csv_rows = [], []
     for label, r in (("before (shipped)", mt), (f"after {steps} steps", tuned)):
-        pred = r.fuse_and_segment(a, b)[1]
+        pred = _labels(r, a, b)
         acc = float((pred[held] == strokes[held]).mean())
         acc_train = float((pred[train > 0] == train[train > 0]).mean())
         rows.append([label, acc_train, acc])
@@ -287,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--limit", type=int, default=0, help="use only this many test slices, evenly spaced (0: all)")
     ap.add_argument("--metric-every", type=int, default=4, help="fusion metrics on every k-th test slice")
+    ap.add_argument("--no-single-slice", action="store_true", help="skip the row of MultiTaskVIF given one slice at a time")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps from strokes (0: skip that section)")
@@ -306,19 +306,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from _brats import case_index, run_split, test_cases
     from napari_fusion.methods.classical import fuse_average, fuse_max
     from napari_fusion.metrics import fusion_metrics, segmentation_metrics
-    from napari_fusion.training.data import BRATS_CLASSES, load_brats_split
+    from napari_fusion.training.data import BRATS_CLASSES
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    print_flush("loading the BraTS test cases ...")
-    d = load_brats_split("test")
-    a, b, truth = d["a"], d["b"], d["labels"].astype(np.int32)
-    if args.limit:
-        idx = np.linspace(0, len(a) - 1, min(args.limit, len(a))).round().astype(int)
-        a, b, truth = a[idx], b[idx], truth[idx]
-    n_cases = len(np.unique(d["case"]))
+    n_cases = len(test_cases())
     mt = _runner("multitaskvif", args.multitask, "cpu")
     td = _runner("tdfusion-brats", args.cascade, "cpu")
     if not getattr(td, "has_segmenter", False):
@@ -326,14 +321,29 @@ def main(argv: list[str] | None = None) -> int:
     names = {"MultiTaskVIF": mt, "TDFusion cascade": td}
 
     # ---------------------------------------------------------------- segmentation + fusion quality
+    # through the public API: napari_fusion.fuse(flair.nii.gz, t1c.nii.gz, model, full=True), whole volumes
     class_names = [c[1] for c in BRATS_CLASSES]
     seg_rows, fus_rows, csv_rows = [], [], []
     fused_by: dict[str, np.ndarray] = {}
+    results = {}
     for label, r in names.items():
         t0 = time.perf_counter()
-        fused, pred = _segment_all(r, a, b)
-        print_flush(f"{label}: {len(a)} slices fused + segmented in {time.perf_counter() - t0:.1f} s")
-        fused_by[label] = fused
+        results[label] = run_split(r, "cpu")
+        print_flush(f"{label}: {n_cases} test volumes fused + segmented through the API in {time.perf_counter() - t0:.1f} s")
+    if not args.no_single_slice:
+        t0 = time.perf_counter()
+        results["MultiTaskVIF, each slice alone"] = run_split(mt, "cpu", single_slice=True)
+        print_flush(f"MultiTaskVIF slice by slice through the API in {time.perf_counter() - t0:.1f} s")
+    first = results["MultiTaskVIF"]
+    idx = np.arange(len(first.z))
+    if args.limit:
+        idx = np.linspace(0, len(idx) - 1, min(args.limit, len(idx))).round().astype(int)
+    a, b, truth = first.a[idx], first.b[idx], first.truth[idx]
+    raw_a, raw_b = first.raw_a[idx], first.raw_b[idx]
+    for label, res in results.items():
+        pred = res.labels[idx]
+        if label in names:
+            fused_by[label] = res.fused[idx]
         m = segmentation_metrics(pred, truth, n_classes=5, class_names=class_names)
         reg = _region_dice(pred, truth)
         tumour = [m[f"Dice/{n}"] for n in class_names[1:] if math.isfinite(m[f"Dice/{n}"])]
@@ -394,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_steps:
         for r in names.values():
             r.to("cpu")
-        brows, bcsv, bnote = _finetune_brats(mt, a, b, truth, d["case"] if not args.limit else d["case"][idx], args.finetune_steps, args.finetune_lr)
+        brows, bcsv, bnote = _finetune_brats(mt, raw_a, raw_b, truth, case_index()[idx], args.finetune_steps, args.finetune_lr)
         print_flush("fine-tuning on BraTS strokes: " + bnote)
         irows, icsv, inote = _finetune_ivif(mt, args.finetune_steps, args.finetune_lr)
         print_flush("fine-tuning on MSRS strokes: " + inote)
@@ -446,8 +456,12 @@ object" and "cool background"): {inote}.
 Written by `python benchmarks/multitask_vs_cascade.py {" ".join(sys.argv[1:] if argv is None else argv)}`
 ({environment(devices[-1])}). Rerun it rather than editing this file.
 
-Data: the {n_cases} held-out BraTS 2015 test cases (`labeled/BraTS2015_deepmedic/test`), {len(a)} axial
-slices with brain (FLAIR = A, T1c = B, unit intensities inside the brain mask, as in training).
+Data: the {n_cases} held-out BraTS 2015 test cases (`labeled/BraTS2015_deepmedic/test`) **through the
+public API**, as a user opens them: `napari_fusion.fuse("flair.nii.gz", "t1c.nii.gz", model, full=True)`
+on the whole volumes (FLAIR = A, T1c = B; each model maps intensities as recorded in its file),
+scored on the {len(a)} axial slices with at least 8 % brain. The row "each slice alone" gives the
+API one 2-D slice at a time (intensities mapped from that slice only, as for an exported slice).
+Fusion metrics: on the sources and fused images as the models saw them (unit, then 0..255).
 Models: `multitaskvif` ({_training_note(mt)}) and `tdfusion-brats` ({_training_note(td)}).
 
 **The paper's claim** (fewer parameters and less compute than a fusion net + separate segmenter, at
@@ -470,8 +484,9 @@ equal or better segmentation) **{'holds' if holds else 'does not fully hold'} fo
 Parameters (training) counts what is optimised: TDFusion's loss generation module is trained but
 not run at inference. GMAC: multiply-accumulates counted by `torch.utils.flop_counter` (convolutions
 and matrix products; norms and activations excluded), independent of the machine. Milliseconds:
-median of {args.repeats} interleaved runs after {args.warmup} warm-up runs, `runner.fuse_and_segment`
-on unit images (padding included), {args.threads} CPU threads. Best value per column in bold (higher is
+median of {args.repeats} interleaved runs after {args.warmup} warm-up runs of
+`napari_fusion.fuse(a, b, model, full=True)` (the public API: intensity mapping, padding, labels
+included), {args.threads} CPU threads. Best value per column in bold (higher is
 better for every metric here); on a shared, loaded machine the
 absolute numbers vary between runs, their ratio much less.
 {ft_text}"""

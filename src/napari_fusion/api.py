@@ -26,9 +26,10 @@ from .engine.pipeline import (
     _drain,
     enhance_steps,
     fuse_steps,
+    input_intensity_of,
     prepare_pair,
     resolve_runner,
-    run_steps,
+    segment_steps,
 )
 from .geometry import Grid
 
@@ -252,22 +253,6 @@ def enhance(
     return res if full else res.fused
 
 
-class _SegmentOnly:
-    """Treats A as an already fused image: labels from the method's segmenter, A passed through."""
-
-    def __init__(self, runner: Any, name: str, halo: int | None):
-        self._r, self.name = runner, name
-        self.halo = getattr(runner, "halo", None) or halo
-        self.pad_multiple = getattr(runner, "pad_multiple", 1)
-        self.classes = getattr(runner, "classes", None)
-
-    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return a
-
-    def fuse_and_segment(self, a: np.ndarray, b: np.ndarray):
-        return a, self._r.segment(a, a, a)
-
-
 def segment(
     image_or_a: Any,
     b: Any = None,
@@ -288,32 +273,17 @@ def segment(
         labels = segment(flair, t1c, "tdfusion-brats")
     """
     sa = as_input(image_or_a, "A")
-    runner, mname, m = resolve_runner(method, device)
-    if not (hasattr(runner, "segment") or hasattr(runner, "fuse_and_segment")) or not getattr(runner, "classes", True):
-        from .methods.registry import list_methods
-
-        segs = ", ".join(x.name for x in list_methods(segmenting_only=True)) or "none"
-        raise ValueError(f"method {mname!r} does not segment; segmenting methods: {segs}")
-    if b is None:
-        grid = kw.pop("grid_a", None) or sa.grid
-        prepared = prepare_pair(sa.data, sa.data, grid_a=grid, grid_b=grid, rgb_a=sa.rgb, rgb_b=sa.rgb)
-        one = _SegmentOnly(runner, mname, m.halo if m is not None else None)
-        _, labels = _drain(run_steps(one, prepared, labels=True, tile=tile, overlap=kw.pop("overlap", 32), halo=one.halo), progress)
-        sb = sa
-        grid_out = prepared.grid
-    else:
-        sb = as_input(b, "B")
-        res = _drain(
-            fuse_steps(
-                sa.data, sb.data, runner, grid_a=_grid_kw(sa, kw, "grid_a"), grid_b=_grid_kw(sb, kw, "grid_b"),
-                rgb_a=kw.pop("rgb_a", sa.rgb), rgb_b=kw.pop("rgb_b", sb.rgb), device=device, tile=tile, segment=True,
-                channel_axis_b=kw.pop("channel_axis_b", sb.channel_axis), **kw,
-            ),
-            progress,
-        )
-        labels, grid_out = res.labels, res.grid
+    sb = as_input(b, "B") if b is not None else None
+    pair_kw = {} if sb is None else {"grid_b": _grid_kw(sb, kw, "grid_b"), "rgb_b": kw.pop("rgb_b", sb.rgb),
+                                     "channel_axis_b": kw.pop("channel_axis_b", sb.channel_axis)}
+    res = _drain(
+        segment_steps(sa.data, None if sb is None else sb.data, method, grid_a=_grid_kw(sa, kw, "grid_a"),
+                      rgb_a=kw.pop("rgb_a", sa.rgb), device=device, tile=tile, **pair_kw, **kw),
+        progress,
+    )
+    labels, grid_out, mname = res.labels, res.grid, res.method
     if viewer is not None:
-        label_name = name or (f"{mname} labels ({sa.name})" if b is None else f"{mname} labels ({sa.name} + {sb.name})")
+        label_name = name or (f"{mname} labels ({sa.name})" if sb is None else f"{mname} labels ({sa.name} + {sb.name})")
         _show(viewer, labels, label_name, "labels", _placement(sa, grid_out), metadata={"grid": grid_out, "method": mname})
     return labels
 
@@ -406,7 +376,8 @@ def finetune(
 
     runner, _, _ = resolve_runner(model, device)
     sa, sb = as_input(a, "A"), as_input(b, "B")
-    prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
+    prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis,
+                            input_intensity=input_intensity_of(runner))
     if prepared.kind == "volume":
         raise ValueError("fine-tuning takes 2-D images; pick one slice of the volumes")
     lab = np.asarray(as_input(sparse_labels, "labels").data)

@@ -39,12 +39,14 @@ __all__ = [
     "FusionResult",
     "PreparedPair",
     "fuse_steps",
+    "segment_steps",
     "fuse_arrays",
     "enhance_steps",
     "enhance_arrays",
     "prepare_pair",
     "finish",
     "resolve_runner",
+    "input_intensity_of",
     "run_steps",
     "run_unit_steps",
     "fuse_unit",
@@ -241,8 +243,12 @@ def prepare_pair(
     rgb_a: bool | None = None,
     rgb_b: bool | None = None,
     channel_axis_b: int | None = None,
+    input_intensity: color.InputIntensity | None = None,
 ) -> PreparedPair:
     """Validate a pair and bring it to unit single-channel images on A's grid.
+
+    ``input_intensity``: the mapping to [0, 1] the method was trained with
+    (:func:`input_intensity_of` its runner); None = the default mapping of every source.
 
     ``rgb_a`` / ``rgb_b``: True if the last axis is colour, None to infer (a last axis of 3/4 on an
     image larger than 4 pixels). ``channel_axis_b`` marks B as multi-band (pan/MS); a 3-D B paired
@@ -261,8 +267,8 @@ def prepare_pair(
     notes: list[str] = []
 
     # intensities: one mapping per source, from its own samples (before resampling adds empty margins)
-    ia = color.intensity_of(sa.data, "source A")
-    ib = color.intensity_of(sb.data, "source B")
+    ia = color.intensity_of(sa.data, "source A", spec=input_intensity)
+    ib = color.intensity_of(sb.data, "source B", spec=input_intensity)
 
     cax = -1 if sb.rgb else sb.channel_axis
     b_on = bring_onto(sb.data, gb, ga, order=1, channel_axis=cax)
@@ -326,6 +332,14 @@ class _FunctionRunner:
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self._fn(a, b)
+
+
+def input_intensity_of(runner: Any) -> color.InputIntensity | None:
+    """The intensity mapping a runner's model was trained with (its metadata), or None (default)."""
+    spec = getattr(runner, "input_intensity", None)
+    if spec is None:
+        spec = (getattr(runner, "meta", None) or {}).get("input_intensity")
+    return spec if isinstance(spec, color.InputIntensity) else color.InputIntensity.from_meta(spec)
 
 
 def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Any, str, Any]:
@@ -518,18 +532,70 @@ def fuse_steps(
         gen = fuse_steps(ir, vi, "laplacian")
         for p in gen: print(p.done, "/", p.total)   # or: res = fuse_arrays(ir, vi, "laplacian")
     """
-    prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b)
     runner, name, m = resolve_runner(method, device)
+    prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b,
+                            input_intensity=input_intensity_of(runner))
     want = bool(segment) or _segments(runner, m)
     if want and not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")):
-        from ..methods.registry import list_methods
-
-        seg = ", ".join(x.name for x in list_methods(segmenting_only=True)) or "none"
-        raise ValueError(f"method {name!r} does not segment; segmenting methods: {seg}")
+        _refuse_non_segmenting(name)
     halo = _halo(runner, m)
     fused_u, labels = yield from run_steps(runner, prepared, labels=want, tile=tile, overlap=overlap, halo=halo)
     out = finish(fused_u, prepared)
     return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None)
+
+
+class _SegmentOnly:
+    """A runner that takes A as an already fused image: labels from the method's segmenter, A passed on."""
+
+    def __init__(self, runner: Any, name: str, halo: int):
+        self._r, self.name, self.halo = runner, name, halo
+        self.meta = getattr(runner, "meta", None) or {}
+        self.pad_multiple = getattr(runner, "pad_multiple", 1)
+        self.classes = getattr(runner, "classes", None)
+
+    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a
+
+    def fuse_and_segment(self, a: np.ndarray, b: np.ndarray):
+        return a, self._r.segment(a, a, a)
+
+
+def _refuse_non_segmenting(name: str) -> None:
+    from ..methods.registry import list_methods
+
+    seg = ", ".join(x.name for x in list_methods(segmenting_only=True)) or "none"
+    raise ValueError(f"method {name!r} does not segment; segmenting methods: {seg}")
+
+
+def segment_steps(
+    a: Any,
+    b: Any = None,
+    method: Any = None,
+    *,
+    grid_a: Grid | None = None,
+    grid_b: Grid | None = None,
+    rgb_a: bool | None = None,
+    rgb_b: bool | None = None,
+    device: str = "auto",
+    tile: int | Sequence[int] | None = None,
+    overlap: int = 32,
+    channel_axis_b: int | None = None,
+) -> Generator[Progress, None, FusionResult]:
+    """Labels from a segmenting method, for the API and the Segment widget alike.
+
+    With ``b`` the pair is fused and segmented (:func:`fuse_steps` with ``segment=True``); without,
+    ``a`` is taken as an image that is already fused and only segmented (``result.fused`` is A).
+    """
+    runner, name, m = resolve_runner(method, device)
+    if not _segments(runner, m):
+        _refuse_non_segmenting(name)
+    if b is not None:
+        return (yield from fuse_steps(a, b, runner if m is None else m, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b,
+                                      device=device, tile=tile, overlap=overlap, segment=True, channel_axis_b=channel_axis_b))
+    prepared = prepare_pair(a, a, grid_a=grid_a, grid_b=grid_a, rgb_a=rgb_a, rgb_b=rgb_a, input_intensity=input_intensity_of(runner))
+    one = _SegmentOnly(runner, name, _halo(runner, m))
+    fused_u, labels = yield from run_steps(one, prepared, labels=True, tile=tile, overlap=overlap, halo=one.halo)
+    return FusionResult(finish(fused_u, prepared), labels, prepared.grid, name, _classes(runner, m))
 
 
 def _drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
@@ -553,6 +619,7 @@ class _EnhanceRunner:
     def __init__(self, runner: Any):
         self._r = runner
         self.name = getattr(runner, "name", None)
+        self.meta = getattr(runner, "meta", None) or {}
         self.halo = getattr(runner, "halo", None)
         self.pad_multiple = getattr(runner, "pad_multiple", 1)
         self.preferred_tile = getattr(runner, "preferred_tile", None)
@@ -593,6 +660,7 @@ class _NamedRunner:
     def __init__(self, runner: Any, name: str, halo: int):
         self._r = runner
         self.name = name
+        self.meta = getattr(runner, "meta", None) or {}
         self.halo = getattr(runner, "halo", None) or halo
         self.pad_multiple = getattr(runner, "pad_multiple", 1)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "BRATS_CLASSES",
+    "BRATS_INPUT_INTENSITY",
     "shared_data_dir",
     "load_brats_case",
     "load_brats_split",
@@ -28,6 +29,12 @@ BRATS_CLASSES = (
     (3, "non-enhancing tumour", "#4363d8"),
     (4, "enhancing tumour", "#ffe119"),
 )
+
+
+#: How the BraTS training slices reach a model, recorded in every BraTS model's metadata and applied
+#: by the engine to a user's data: percentiles (0.5, 99.5) inside the brain of each volume, 0 outside
+#: (the brain = every voxel but the constant background of these skull-stripped volumes).
+BRATS_INPUT_INTENSITY = {"percentiles": [0.5, 99.5], "foreground": "not-background", "min_background": 0.05}
 
 
 def shared_data_dir() -> Path | None:
@@ -63,8 +70,10 @@ def load_brats_case(case_dir: str | Path, min_brain: float = 0.08) -> dict[str, 
     if seg.min() < 0 or seg.max() > 4:
         raise ValueError(f"{case_dir}: labels outside 0..4 (found {seg.min()}..{seg.max()})")
     keep = [z for z in range(mask.shape[2]) if mask[:, :, z].mean() >= min_brain]
-    # axial slice z is (x, y); transpose to (y, x) rows so images look upright
-    take = lambda v: np.ascontiguousarray(np.transpose(v[:, :, keep], (2, 1, 0))[:, ::-1])  # noqa: E731
+    # axial slice z is (x, y) in the files' LPS order; (y, x) rows are the NIfTI reader's display
+    # order (anterior at the top, patient's right on the left). Before 2026-11-30 the rows were
+    # reversed: the models trained then say so in their metadata (``input_orientation``).
+    take = lambda v: np.ascontiguousarray(np.transpose(v[:, :, keep], (2, 1, 0)))  # noqa: E731
     return {"a": take(flair), "b": take(t1c), "labels": take(seg), "z": np.asarray(keep)}
 
 

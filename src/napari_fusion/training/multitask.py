@@ -523,7 +523,7 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
     """Run a training from parsed CLI arguments; returns the final record (also stored in the model file)."""
     from ..methods._torch import resolve_torch_device
     from ..methods.multitask import load_runner, new_runner
-    from .data import BRATS_CLASSES
+    from .data import BRATS_CLASSES, BRATS_INPUT_INTENSITY
     from .tdfusion import BratsSampler, load_training_data
 
     torch.manual_seed(args.seed)
@@ -547,7 +547,8 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
     labels = data["labels"].astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"training labels hold values {labels.min()}..{labels.max()}; BraTS classes are 0..{n_classes - 1}")
-    sampler = BratsSampler(data["a"], data["b"], labels, args.crop, seed=args.seed, tumour_fraction=args.tumour_fraction)
+    sampler = BratsSampler(data["a"], data["b"], labels, args.crop, seed=args.seed, tumour_fraction=args.tumour_fraction,
+                           intensity_jitter=args.intensity_jitter)
     cw = class_weights_from_counts(sampler.class_counts(n_classes)).tolist() if args.class_weights else None
     cfg = MultiTaskConfig(
         lr=args.lr, weight_decay=args.weight_decay, fusion_weight=args.fusion_weight, int_weight=args.int_weight,
@@ -583,6 +584,7 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
         runner = new_runner(BRATS_CLASSES, seed=args.seed, device=device)
         trainer = MultiTaskTrainer(runner, cfg, device)
     runner.meta["method"] = "multitaskvif"
+    runner.meta["input_intensity"] = dict(BRATS_INPUT_INTENSITY)  # how the training slices were scaled
 
     logf = open(args.log, "a") if args.log else None
     ema: dict[str, float] = {}
@@ -671,6 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seg-weight", type=float, default=1.0, help="weight of the segmentation loss in the joint loss")
     ap.add_argument("--dice-weight", type=float, default=1.0, help="weight of soft Dice next to cross-entropy")
     ap.add_argument("--tumour-fraction", type=float, default=0.6, help="share of crops centred on a tumour pixel")
+    ap.add_argument("--intensity-jitter", type=float, default=0.0,
+                    help="probability that a crop's source is remapped as a single slice scaled on its own is (0: never)")
     ap.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)

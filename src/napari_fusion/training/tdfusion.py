@@ -326,14 +326,30 @@ def _augment(rng: np.random.Generator, *arrs: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def remap_foreground(x: np.ndarray, rng: np.random.Generator, lo=(0.0, 0.1), hi=(0.55, 1.05)) -> np.ndarray:
+    """``(x - l) / (h - l)`` inside the foreground (``x > 0``), clipped to [0, 1]; 0 stays 0.
+
+    A slice scaled by its own in-brain percentiles is this remap of the volume-scaled slice, with
+    ``l`` of 0..0.08 and ``h`` of 0.58..1.0 on the BraTS training slices; ``l``, ``h`` are drawn
+    uniformly from ``lo`` and ``hi`` to cover them (and slightly darker images).
+    """
+    l, h = float(rng.uniform(*lo)), float(rng.uniform(*hi))
+    out = np.clip((x - l) / max(h - l, 1e-3), 0.0, 1.0).astype(np.float32)
+    out[x <= 0] = 0.0
+    return out
+
+
 class BratsSampler:
     """Random (crop x crop) batches of BraTS slices: ``a`` FLAIR, ``b`` T1c, ``labels`` 0..4.
 
     Half of the crops are centred on a tumour pixel (slices without tumour are mostly background, so
     uniform sampling would rarely show the rare classes). Flips and 90-degree rotations augment.
+    ``intensity_jitter``: the probability that each source of a crop is remapped in the brain as a
+    user's single slice is (its own percentiles instead of the volume's; :func:`remap_foreground`).
     """
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, labels: np.ndarray, crop: int, seed: int = 0, tumour_fraction: float = 0.5):
+    def __init__(self, a: np.ndarray, b: np.ndarray, labels: np.ndarray, crop: int, seed: int = 0, tumour_fraction: float = 0.5,
+                 intensity_jitter: float = 0.0):
         if a.shape != b.shape or a.shape != labels.shape or a.ndim != 3:
             raise ValueError(f"BraTS arrays must be (N, H, W) of one shape, got a {a.shape}, b {b.shape}, labels {labels.shape}")
         if len(a) == 0:
@@ -342,6 +358,7 @@ class BratsSampler:
         self.crop = min(int(crop), a.shape[1], a.shape[2])
         self.rng = np.random.default_rng(seed)
         self.tumour_fraction = tumour_fraction
+        self.intensity_jitter = float(intensity_jitter)
         self.tumour_slices = np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1))
 
     def class_counts(self, n_classes: int = 5) -> np.ndarray:
@@ -365,6 +382,8 @@ class BratsSampler:
                 y0, x0 = int(rng.integers(H - c + 1)), int(rng.integers(W - c + 1))
             sl = (s, slice(y0, y0 + c), slice(x0, x0 + c))
             ca, cb, cl = _augment(rng, _to_unit(self.a[sl]), _to_unit(self.b[sl]), self.labels[sl])
+            if self.intensity_jitter:
+                ca, cb = (remap_foreground(x, rng) if rng.random() < self.intensity_jitter else x for x in (ca, cb))
             A[i, 0], B[i, 0], L[i] = ca, cb, cl
         return torch.from_numpy(A), torch.from_numpy(B), torch.from_numpy(L)
 
@@ -496,10 +515,11 @@ def new_runner(task: str, seed: int = 0, device: str | torch.device = "cpu"):
     torch.manual_seed(seed)
     fusion, loss_net = FusionNet(), LossNet()
     if task == "brats":
-        from .data import BRATS_CLASSES
+        from .data import BRATS_CLASSES, BRATS_INPUT_INTENSITY
 
         seg = Segmenter(len(BRATS_CLASSES))
-        return TDFusionRunner(fusion, loss_net, seg, classes=make_classes(BRATS_CLASSES), device=device, meta={"method": "tdfusion-brats"})
+        meta = {"method": "tdfusion-brats", "input_intensity": dict(BRATS_INPUT_INTENSITY)}
+        return TDFusionRunner(fusion, loss_net, seg, classes=make_classes(BRATS_CLASSES), device=device, meta=meta)
     return TDFusionRunner(fusion, loss_net, None, device=device, meta={"method": "tdfusion"})
 
 

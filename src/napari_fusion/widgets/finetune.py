@@ -333,18 +333,18 @@ class FinetuneWidget(QWidget):
 
         def job():
             from ..engine.device import resolve_device
-            from ..engine.pipeline import fuse_steps, prepare_pair
+            from ..engine.pipeline import fuse_steps, input_intensity_of, prepare_pair
             from ..training.finetune import finetune_steps
 
             device = resolve_device(device_choice)
-            prep = prepare_pair(xa, xb, **src_kw)
-            ua, ub = prep.a, prep.b
             if base_runner is not None:
                 base = base_runner
             else:
                 from ..methods.registry import build_runner
 
                 base = build_runner(base_label, device=device)
+            prep = prepare_pair(xa, xb, **src_kw, input_intensity=input_intensity_of(base))
+            ua, ub = prep.a, prep.b
             tuned = yield from finetune_steps(
                 base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device, **extra
             )

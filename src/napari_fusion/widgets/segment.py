@@ -162,20 +162,20 @@ class SegmentWidget(QWidget):
         if not pair and image is None:
             notify_error("Segment needs an image layer, or sources A and B")
             return None
-        first, second = (a, b) if pair else (image, image)
+        first, second = (a, b) if pair else (image, None)
         spec = self.method.method_spec()
         try:
-            kw = {**source_kwargs(first, "a"), **source_kwargs(second, "b")}
-            kw.update(device=self.device.device(), segment=True)
+            kw = {**source_kwargs(first, "a"), **(source_kwargs(second, "b") if pair else {})}
+            kw.update(device=self.device.device())
         except Exception as err:  # noqa: BLE001
             notify_error(f"Segmentation of {first.name!r}: {error_text(err)}")
             return None
-        xa, xb = layer_array(first), layer_array(second)
+        xa, xb = layer_array(first), (layer_array(second) if pair else None)
 
-        def job():
-            from ..engine.pipeline import fuse_steps
+        def job():  # the API's path: a pair is fused and segmented, one image only segmented
+            from ..engine.pipeline import segment_steps
 
-            return (yield from fuse_steps(xa, xb, spec, **kw))
+            return (yield from segment_steps(xa, xb, spec, **kw))
 
         what = f"Segmentation of {first.name!r}" + (f" + {second.name!r}" if pair else "") + f" with {label}"
         meta = {"role": "labels", "method": label, "source_a": first.name}
