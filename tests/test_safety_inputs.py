@@ -343,11 +343,6 @@ def test_nifti_nan_affine_names_file(tmp_path):
         read_image(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs engine/pipeline.py (_decide): a 4-D series B with a 3-D volume A must be refused by name "
-    "before tiling; today numpy's broadcast error escapes from engine/tiling.py",
-)
 def test_3d_and_4d_nifti_pair_names_the_problem(tmp_path):
     from napari_fusion import api
 

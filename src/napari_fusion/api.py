@@ -218,7 +218,8 @@ def fuse(
     rgb_b = kw.pop("rgb_b", sb.rgb)
     cax = kw.pop("channel_axis_b", sb.channel_axis)
     res = _drain(
-        fuse_steps(sa.data, sb.data, method, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, device=device, tile=tile, channel_axis_b=cax, **kw),
+        fuse_steps(sa.data, sb.data, method, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, device=device, tile=tile,
+                   channel_axis_b=cax, names=kw.pop("names", (sa.name, sb.name)), **kw),
         progress,
     )
     if viewer is not None:

@@ -218,6 +218,11 @@ def _decide(sa: _Source, sb: _Source) -> tuple[_Source, _Source]:
                 )
             sb = _Source(sb.data, sb.name, False, 0, tuple(sb.data.shape[1:]))
         sb.undecided = False
+    if sb.channel_axis is not None and len(sb.spatial) == 3:
+        raise ValueError(
+            f"source {sb.name} is 4-D {shape_str(sb.data.shape)}: a series of {sb.data.shape[0]} volumes; "
+            "pick one volume (time point or channel) to fuse with source A"
+        )
     if sa.channel_axis is not None:
         raise ValueError(
             f"source A is multi-band {shape_str(sa.data.shape)}; pass the panchromatic (single-band) image as A "
@@ -244,11 +249,13 @@ def prepare_pair(
     rgb_b: bool | None = None,
     channel_axis_b: int | None = None,
     input_intensity: color.InputIntensity | None = None,
+    names: tuple[str, str] | None = None,
 ) -> PreparedPair:
     """Validate a pair and bring it to unit single-channel images on A's grid.
 
     ``input_intensity``: the mapping to [0, 1] the method was trained with
     (:func:`input_intensity_of` its runner); None = the default mapping of every source.
+    ``names``: what to call A and B in error messages (file or layer names).
 
     ``rgb_a`` / ``rgb_b``: True if the last axis is colour, None to infer (a last axis of 3/4 on an
     image larger than 4 pixels). ``channel_axis_b`` marks B as multi-band (pan/MS); a 3-D B paired
@@ -256,8 +263,9 @@ def prepare_pair(
     empty data, unsupported dtypes or channel counts, NaN/inf, 2-D vs 3-D mismatches and sizes that
     no grid or resolution ratio relates.
     """
-    sa = _describe(a, "A", grid_a, rgb_a)
-    sb = _describe(b, "B", grid_b, rgb_b, channel_axis_b)
+    na, nb = ("A", "B") if not names else (f"A ({names[0]})", f"B ({names[1]})")
+    sa = _describe(a, na, grid_a, rgb_a)
+    sb = _describe(b, nb, grid_b, rgb_b, channel_axis_b)
     sa, sb = _decide(sa, sb)
     ga = grid_a if grid_a is not None else Grid.identity(sa.spatial)
     gb = grid_b if grid_b is not None else Grid.identity(sb.spatial)
@@ -271,7 +279,7 @@ def prepare_pair(
     ib = color.intensity_of(sb.data, "source B", spec=input_intensity)
 
     cax = -1 if sb.rgb else sb.channel_axis
-    b_on = bring_onto(sb.data, gb, ga, order=1, channel_axis=cax)
+    b_on = bring_onto(sb.data, gb, ga, order=1, channel_axis=cax, names=(f"source {sa.name}", f"source {sb.name}"))
     if b_on is not sb.data:
         notes.append(f"B resampled from {shape_str(sb.spatial)} onto A's grid {shape_str(sa.spatial)}")
 
@@ -520,6 +528,7 @@ def fuse_steps(
     overlap: int = 32,
     segment: bool = False,
     channel_axis_b: int | None = None,
+    names: tuple[str, str] | None = None,
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse A and B; a generator that yields :class:`Progress` between tiles/slices, returns a :class:`FusionResult`.
 
@@ -534,7 +543,7 @@ def fuse_steps(
     """
     runner, name, m = resolve_runner(method, device)
     prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b,
-                            input_intensity=input_intensity_of(runner))
+                            input_intensity=input_intensity_of(runner), names=names)
     want = bool(segment) or _segments(runner, m)
     if want and not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")):
         _refuse_non_segmenting(name)
