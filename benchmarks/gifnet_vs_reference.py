@@ -38,7 +38,6 @@ from _common import (
     RESULTS,
     gray8,
     environment,
-    fmt_number,
     fuse_gray,
     iter_pairs,
     markdown_table,
