@@ -69,27 +69,13 @@ def _is_layer(x: Any) -> bool:
 
 
 def _layer_grid(layer: Any, spatial: tuple[int, ...]) -> Grid | None:
-    g = (getattr(layer, "metadata", None) or {}).get("grid")
-    if isinstance(g, Grid) and tuple(g.shape) == tuple(spatial):
-        return g
-    n = len(spatial)
-    scale = np.asarray(getattr(layer, "scale", np.ones(n)), float)[-n:]
-    translate = np.asarray(getattr(layer, "translate", np.zeros(n)), float)[-n:]
-    base = np.eye(n + 1)
-    base[:n, :n] = np.diag(scale)
-    base[:n, n] = translate
-    aff = getattr(layer, "affine", None)
-    mat = getattr(aff, "affine_matrix", aff)
-    if mat is not None:
-        mat = np.asarray(mat, float)
-        if mat.shape == (n + 1, n + 1):
-            base = mat @ base
-        elif mat.shape[0] > n + 1:  # the layer has extra leading (non-spatial) axes
-            base = mat[-(n + 1) :, -(n + 1) :] @ base
-    if np.allclose(base, np.eye(n + 1)):
-        return None
-    units = (getattr(layer, "metadata", None) or {}).get("units", "pixel")
-    return Grid(tuple(spatial), base, str(units))
+    """The layer's grid by the one layer -> grid rule (:func:`napari_fusion.io.layers.grid_of_layer`,
+    the widgets' and the writer's too: scale/translate/rotate/shear/affine as napari composes them);
+    None for a layer without geometry (index space in pixels)."""
+    from .io.layers import grid_of_layer
+
+    grid = grid_of_layer(layer, spatial)
+    return None if grid.is_identity else grid
 
 
 def as_input(x: Any, name: str = "A") -> SourceInput:
@@ -129,14 +115,15 @@ def _grid_kw(src: SourceInput, kw: dict, key: str) -> Grid | None:
 # viewer output
 # ------------------------------------------------------------------------------------------------
 def _placement(src: SourceInput, grid: Grid) -> dict:
-    """A's scale/translate/affine for the result layer."""
+    """A's scale/translate (and rotate/shear/affine where not napari's defaults) for the result layer."""
     lay = src.layer
     if lay is not None:
-        kw = {"scale": tuple(lay.scale), "translate": tuple(lay.translate)}
-        aff = getattr(lay, "affine", None)
-        mat = getattr(aff, "affine_matrix", aff)
-        if mat is not None and not np.allclose(np.asarray(mat), np.eye(np.asarray(mat).shape[0])):
-            kw["affine"] = np.asarray(mat)
+        from .io.layers import placement_of_layer
+
+        kw = placement_of_layer(lay)
+        for key in ("rotate", "shear", "affine"):
+            if np.allclose(kw[key], np.eye(kw[key].shape[0])):
+                del kw[key]
         return kw
     if grid.is_identity:
         return {}

@@ -332,47 +332,19 @@ def source_kwargs(layer, prefix: str) -> dict:
     return kw
 
 
-_UNIT_NAMES = {"pixel": "pixel", "millimeter": "mm", "meter": "m", "micrometer": "um", "centimeter": "cm"}
-
-
-def _units_of(layer) -> str:
-    g = _meta_grid(layer)
-    if g is not None and getattr(g, "units", None):
-        return str(g.units)
-    units = getattr(layer, "units", None)
-    if not units:
-        return "pixel"
-    names = {_UNIT_NAMES.get(str(u), str(u)) for u in units}
-    return names.pop() if len(names) == 1 else "pixel"
-
-
-def _data_to_world_matrix(layer) -> np.ndarray:
-    """The layer's data -> world matrix from its public transforms (affine ∘ translate·rotate·shear·scale)."""
-    from napari.utils.transforms import CompositeAffine
-
-    inner = CompositeAffine(
-        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim
-    )
-    return np.asarray(layer.affine.affine_matrix, dtype=float) @ np.asarray(inner.affine_matrix, dtype=float)
-
-
 def grid_of(layer):
     """Where a layer's samples lie in the world, as a :class:`napari_fusion.geometry.Grid`.
 
-    Built from the layer's scale/translate/rotate/shear/affine, so what the user sees overlaid in
-    napari is what gets fused (a layer moved by hand is fused where it is shown); the units come from
-    the reader's grid when there is one. A bands axis is left out.
+    :func:`napari_fusion.io.layers.grid_of_layer` (the one layer -> grid rule, also the console
+    API's and the writer's): the layer's scale/translate/rotate/shear/affine as napari composes them,
+    so what the user sees overlaid in napari is what gets fused (a layer moved by hand is fused where
+    it is shown); the units come from the reader's grid when there is one. A bands axis is left out.
     """
-    from ..geometry import Grid
+    from ..io.layers import grid_of_layer
 
     if isinstance(layer, BandGroup):
         return grid_of(layer.layers[0])
-    m = _data_to_world_matrix(layer)
-    ax = _channel_axis(layer)
-    if ax is not None:
-        keep = [i for i in range(m.shape[0]) if i != ax]
-        m = m[np.ix_(keep, keep)]
-    return Grid(shape=spatial_shape(layer), affine=m, units=_units_of(layer))
+    return grid_of_layer(layer, spatial_shape(layer), channel_axis=_channel_axis(layer))
 
 
 def result_kind(data: np.ndarray, like) -> str:
