@@ -123,7 +123,7 @@ def test_fuse_large_over_a_source_is_refused(tmp_path, capsys, overwrite):
         rc = main(["fuse-large", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / out), "-m", "max", *overwrite])
         got = capsys.readouterr()
         assert rc != 0 and "skipped" not in got.out + got.err
-        assert f"would replace source" in got.err and str(tmp_path / out) in got.err
+        assert "would replace source" in got.err and str(tmp_path / out) in got.err
     assert _snapshot(tmp_path) == before
 
 

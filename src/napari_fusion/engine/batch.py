@@ -19,10 +19,8 @@ import functools
 import logging
 import math
 import os
-import shutil
 import struct
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -61,15 +61,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _last_change(p: Path) -> float:
-    """Newest mtime of ``p`` and, for a folder, of what it holds (one level down)."""
-    newest = p.lstat().st_mtime
-    if p.is_dir() and not p.is_symlink():
-        with os.scandir(p) as it:
-            for e in it:
-                with contextlib.suppress(OSError):
-                    newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
-    return newest
+def _changed_since(p: Path, cutoff: float) -> bool:
+    """Whether ``p`` or anything under it (a zarr being written deep down) changed after ``cutoff``."""
+    if p.lstat().st_mtime > cutoff:
+        return True
+    if not p.is_dir() or p.is_symlink():
+        return False
+    for root, dirs, files in os.walk(p):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_mtime > cutoff:
+                    return True
+    return False
 
 
 def _is_stale(p: Path, now: float) -> bool:
@@ -77,8 +80,8 @@ def _is_stale(p: Path, now: float) -> bool:
     try:
         if m is not None and m["host"] == _host_tag():
             return not _pid_alive(int(m["pid"]))
-        if m is not None or _LEGACY_PART.match(p.name):
-            return now - _last_change(p) > STALE_SECONDS
+        if m is not None or _LEGACY_PART.match(p.name):  # another host's, or an older version's
+            return not _changed_since(p, now - STALE_SECONDS)
     except OSError:
         return False
     return False
