@@ -415,12 +415,12 @@ def test_segment_widget_boxes_checkbox(make_napari_viewer, qtbot):
     w.source_b.set_layer("vi")
     w.segment()
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
-    assert "blobs boxes" not in viewer.layers  # off by default
+    assert "blobs boxes (ir + vi)" not in viewer.layers  # off by default
     w.boxes.setChecked(True)
     w.segment()
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
-    shapes = viewer.layers["blobs boxes"]
+    shapes = viewer.layers["blobs boxes (ir + vi)"]  # named after the job's inputs (napari_fusion.naming)
     assert isinstance(shapes, napari.layers.Shapes) and len(shapes.data) == 2
     names = [layer.name for layer in viewer.layers]
-    assert names.index("blobs boxes") == names.index("blobs labels") + 1
+    assert names.index("blobs boxes (ir + vi)") == names.index("blobs labels (ir + vi)") + 1
     assert sorted(shapes.features["name"]) == ["car", "person"]

@@ -340,7 +340,7 @@ def test_segment_gives_labels_with_class_colours_and_names(ivif, qtbot, notifica
     w.segment()
     _wait_done(qtbot, w)
     assert notifications.errors == []
-    lab = viewer.layers["threshold labels"]
+    lab = viewer.layers["threshold labels (ir + vi)"]
     assert isinstance(lab, napari.layers.Labels)
     ref = fuse_arrays(ir.data, vi.data, runner, segment=True)
     np.testing.assert_array_equal(lab.data, ref.labels)
@@ -365,13 +365,13 @@ def test_one_pass_method_fills_fused_and_labels_from_one_call(ivif, qtbot):
     _wait_done(qtbot, w)
     assert runner.calls == ["fuse_and_segment"]
     fused = viewer.layers["one-pass (ir + vi)"]
-    lab = viewer.layers["one-pass labels"]
+    lab = viewer.layers["one-pass labels (ir + vi)"]
     assert fused.data.shape == (301, 496, 3) and lab.data.shape == (301, 496)
     # the same run again updates both layers in place
     n = len(viewer.layers)
     w.segment()
     _wait_done(qtbot, w)
-    assert len(viewer.layers) == n and viewer.layers["one-pass labels"] is lab
+    assert len(viewer.layers) == n and viewer.layers["one-pass labels (ir + vi)"] is lab
 
 
 def test_segment_single_image(ivif, qtbot):
@@ -384,7 +384,7 @@ def test_segment_single_image(ivif, qtbot):
     w.image.set_layer("ir")
     w.segment()
     _wait_done(qtbot, w)
-    lab = viewer.layers["threshold labels"]
+    lab = viewer.layers["threshold labels (ir)"]
     u = ir.data.astype(np.float32) / 255.0
     np.testing.assert_array_equal(lab.data, np.where(u > 0.6, 1, 0))  # A == B == ir: class 1 only
 
@@ -405,7 +405,7 @@ def test_segment_with_the_shipped_brats_model(make_napari_viewer, qtbot, sample_
     w.source_b.set_layer(ct)
     w.segment()
     _wait_done(qtbot, w)
-    lab = viewer.layers["tdfusion-brats labels"]
+    lab = viewer.layers[f"tdfusion-brats labels ({mri.name} + {ct.name})"]
     assert lab.data.shape == mri.data.shape[:2]
     ref = fuse_arrays(mri.data, ct.data, "tdfusion-brats", grid_a=grid_of_layer(mri), grid_b=grid_of_layer(ct))
     np.testing.assert_array_equal(lab.data, ref.labels)
@@ -434,7 +434,7 @@ def test_segment_with_the_shipped_multitaskvif_fills_both_layers(make_napari_vie
     w.segment()
     _wait_done(qtbot, w)
     ref = fuse_arrays(mri.data, ct.data, "multitaskvif", grid_a=grid_of_layer(mri), grid_b=grid_of_layer(ct), segment=True)
-    lab = viewer.layers["multitaskvif labels"]
+    lab = viewer.layers[f"multitaskvif labels ({mri.name} + {ct.name})"]
     fused = [x for x in viewer.layers if x.name.startswith("multitaskvif (")]
     assert len(fused) == 1 and isinstance(fused[0], napari.layers.Image)
     np.testing.assert_array_equal(lab.data, ref.labels)
@@ -504,6 +504,10 @@ def test_evaluate_segmentation_against_ground_truth(ivif, qtbot):
     w.source_b.set_layer("vi")
     w.prediction.set_layer("pred")
     w.truth.set_layer("truth")
+    # a third of the pixels nonzero and made in the viewer: taken for painted strokes by default;
+    # this truth is a complete map (0 = ground), so 0 is a class here
+    assert w.ignore_unpainted.isChecked()
+    w.ignore_unpainted.setChecked(False)
     w.evaluate()
     _wait_done(qtbot, w)
     res = w.results["vi"]

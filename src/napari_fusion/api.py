@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import naming
 from .boxes import DEFAULT_MIN_AREA
 from .engine.pipeline import (
     FusionResult,
@@ -152,7 +153,7 @@ def _show(viewer: Any, data: np.ndarray, name: str, kind: str, place: dict, *, r
 
 
 def _layer_name(method: str, a: SourceInput, b: SourceInput) -> str:
-    return f"{method} ({a.name} + {b.name})"
+    return naming.fused_name(method, a.name, b.name)  # the widgets' rule too
 
 
 def _publish(viewer: Any, res: FusionResult, sa: SourceInput, sb: SourceInput, name: str | None) -> None:
@@ -164,11 +165,11 @@ def _publish(viewer: Any, res: FusionResult, sa: SourceInput, sb: SourceInput, n
         _show(viewer, fused, base, "image", place, rgb=True, metadata=meta)
     elif fused.ndim == len(res.grid.shape) + 1:  # multi-band (C, H, W): one layer per band
         for i in range(fused.shape[0]):
-            _show(viewer, fused[i], f"{base} [{i}]", "image", place, metadata=meta)
+            _show(viewer, fused[i], naming.band_name(base, i), "image", place, metadata=meta)
     else:
         _show(viewer, fused, base, "image", place, metadata=meta)
     if res.labels is not None:
-        _show(viewer, res.labels, f"{res.method} labels ({sa.name} + {sb.name})", "labels", place, metadata=meta)
+        _show(viewer, res.labels, naming.labels_name(res.method, sa.name, sb.name), "labels", place, metadata=meta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def enhance(
 ) -> np.ndarray | FusionResult:
     """Single-image enhancement (the image fed as both sources, or to the method's own ``enhance``).
 
-    Example: ``better = enhance("night.png")``; with ``viewer`` adds ``"{method} ({image})"``.
+    Example: ``better = enhance("night.png")``; with ``viewer`` adds ``"{method} enhanced ({image})"``.
     """
     src = as_input(image, "image")
     grid = kw.pop("grid", None) or src.grid
@@ -237,7 +238,7 @@ def enhance(
     if viewer is not None:
         place = _placement(src, res.grid)
         is_rgb = res.fused.ndim == len(res.grid.shape) + 1
-        _show(viewer, res.fused, name or f"{res.method} ({src.name})", "image", place, rgb=is_rgb, metadata={"grid": res.grid})
+        _show(viewer, res.fused, name or naming.enhanced_name(res.method, src.name), "image", place, rgb=is_rgb, metadata={"grid": res.grid})
     return res if full else res.fused
 
 
@@ -271,7 +272,7 @@ def segment(
     )
     labels, grid_out, mname = res.labels, res.grid, res.method
     if viewer is not None:
-        label_name = name or (f"{mname} labels ({sa.name})" if sb is None else f"{mname} labels ({sa.name} + {sb.name})")
+        label_name = name or naming.labels_name(mname, sa.name, None if sb is None else sb.name)
         _show(viewer, labels, label_name, "labels", _placement(sa, grid_out), metadata={"grid": grid_out, "method": mname})
     return labels
 
@@ -293,6 +294,67 @@ def _unit_y(x: np.ndarray, prepared) -> np.ndarray:
     return u
 
 
+PAINTED_FRACTION = 0.5  # a truth layer painted in the viewer with fewer nonzero pixels than this is strokes
+
+
+def painted_truth(truth: Any) -> bool:
+    """Whether a ground truth is painted strokes, whose 0 means "unpainted", not a class.
+
+    The rule: a napari Labels layer made in the viewer (no source file in its metadata, not a
+    napari-fusion result; a layer marked ``{"napari_fusion": {"role": "strokes"}}`` always counts)
+    with fewer than half of its pixels painted (nonzero). Arrays and layers read from a file are
+    complete label maps: their 0 is a class (background). Pass ``ignore_unpainted`` to decide it.
+    """
+    if not _is_layer(truth):
+        return False
+    meta = getattr(truth, "metadata", None) or {}
+    info = meta.get("napari_fusion")
+    if isinstance(info, dict) and info.get("role"):
+        return info.get("role") == "strokes"
+    if meta.get("path") or "method" in meta:
+        return False
+    data = truth.data[0] if getattr(truth, "multiscale", False) else truth.data
+    arr = np.asarray(data)
+    return bool(arr.size > 0 and np.count_nonzero(arr) < PAINTED_FRACTION * arr.size)
+
+
+def label_scores(
+    pred: Any,
+    truth: Any,
+    *,
+    n_classes: int | None = None,
+    class_names: Any = None,
+    ignore_index: int | None = None,
+    ignore_unpainted: bool = False,
+) -> dict[str, float]:
+    """IoU and Dice per class, mIoU, mDice and pixel accuracy of ``pred`` against ``truth``
+    (:func:`napari_fusion.metrics.segmentation_metrics`).
+
+    ``ignore_unpainted``: the truth is painted strokes (see :func:`painted_truth`), so its 0 pixels
+    are left out and class 0 is not scored: its IoU/Dice are dropped and the means run over the
+    painted classes and the classes predicted on painted pixels; pixel accuracy is the fraction of
+    painted pixels predicted right.
+    """
+    from .metrics import segmentation_metrics
+
+    if not ignore_unpainted:
+        return segmentation_metrics(pred, truth, n_classes=n_classes, ignore_index=ignore_index, class_names=class_names)
+    t = np.asarray(truth)
+    if ignore_index is not None:
+        t = np.where(t == ignore_index, 0, t)
+    if not np.any(t):
+        raise ValueError("the ground truth has no painted (nonzero) pixels to score")
+    out = segmentation_metrics(pred, t, n_classes=n_classes, ignore_index=0, class_names=class_names)
+    iou = [k for k in out if k.startswith("IoU/")]
+    dice = [k for k in out if k.startswith("Dice/")]
+    for k in (iou[0], dice[0]):  # class 0: not a class of painted strokes
+        del out[k]
+    for mean, keys in (("mIoU", iou[1:]), ("mDice", dice[1:])):
+        vals = [out[k] for k in keys if np.isfinite(out[k])]
+        out[mean] = float(np.mean(vals)) if vals else float("nan")
+    return {k: out[k] for k in [*iou[1:], *dice[1:], "mIoU", "mDice", "pixel_accuracy"]}
+
+
 def evaluate(
     fused: Any,
     a: Any,
@@ -302,17 +364,21 @@ def evaluate(
     truth: Any = None,
     n_classes: int | None = None,
     ignore_index: int | None = None,
+    ignore_unpainted: bool | None = None,
     max_slices: int = 16,
 ) -> dict[str, float]:
     """Fusion metrics (EN, SD, SF, AG, MI, VIF, Qabf, SSIM, SCD) of a fused image, plus IoU/Dice if labels given.
 
     Sources and result are compared as the methods saw them: gray/Y on A's grid, 0..255 (rounded
     as an 8-bit file would be). Volumes: the mean over up to ``max_slices`` non-empty slices.
-    ``labels`` / ``truth``: predicted and true label maps for segmentation metrics. Example::
+    ``labels`` / ``truth``: predicted and true label maps for segmentation metrics.
+    ``ignore_unpainted``: leave the truth's 0 pixels out and do not score class 0 (painted strokes,
+    see :func:`label_scores`); None (default) decides by :func:`painted_truth`: yes for a sparse
+    Labels layer painted in the viewer, no for arrays and files. Example::
 
         scores = evaluate(fused, ir, vi)   # {'EN': 6.9, 'SD': 41.2, ...}
     """
-    from .metrics import fusion_metrics, segmentation_metrics
+    from .metrics import fusion_metrics
 
     sa, sb, sf = as_input(a, "A"), as_input(b, "B"), as_input(fused, "fused")
     prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
@@ -331,7 +397,8 @@ def evaluate(
     if labels is not None and truth is not None:
         lab = np.asarray(as_input(labels, "labels").data)
         tru = np.asarray(as_input(truth, "truth").data)
-        out.update(segmentation_metrics(lab, tru, n_classes=n_classes, ignore_index=ignore_index))
+        unpainted = painted_truth(truth) if ignore_unpainted is None else bool(ignore_unpainted)
+        out.update(label_scores(lab, tru, n_classes=n_classes, ignore_index=ignore_index, ignore_unpainted=unpainted))
     return out
 
 
@@ -438,8 +505,8 @@ def detect(
         raise ValueError(f"detect takes 2-D images (labels are {np.shape(res.labels)}); pick one slice of the volumes")
     boxes = boxes_from_labels(res.labels, res.classes, min_area=min_area)
     if viewer is not None:
-        labels_name = f"{res.method} labels ({sa.name} + {sb.name})"
+        labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
-        show_boxes(viewer, boxes, f"{res.method} boxes ({sa.name} + {sb.name})", classes=res.classes,
+        show_boxes(viewer, boxes, naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
                    place=_placement(sa, res.grid), after=labels_name, metadata=meta)
     return boxes

@@ -17,8 +17,8 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtGui import QColor, QStandardItemModel
-from qtpy.QtWidgets import QApplication, QComboBox, QLabel, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtGui import QColor, QStandardItemModel, QValidator
+from qtpy.QtWidgets import QApplication, QComboBox, QLabel, QProgressBar, QSpinBox, QVBoxLayout, QWidget
 
 __all__ = [
     "SYNC_ENV",
@@ -54,6 +54,10 @@ __all__ = [
     "unwrap",
     "same_layer",
     "pick_default_pair",
+    "default_pair",
+    "FollowDefaults",
+    "is_result",
+    "fused_sources",
 ]
 
 SYNC_ENV = "NAPARI_FUSION_SYNC"
@@ -347,6 +351,67 @@ def grid_of(layer):
     return grid_of_layer(layer, spatial_shape(layer), channel_axis=_channel_axis(layer))
 
 
+class TileSpinBox(QSpinBox):
+    """Tile size picker with the engine's meaning everywhere: ``auto`` (:meth:`tile` None: the
+    engine decides), ``never`` (0: one pass, never tiled) or ``N px`` tiles. Steps go
+    auto, never, 128, 256, ... (``step``); typing a number or ``auto``/``never`` works too."""
+
+    AUTO = -1
+    WORDS = {AUTO: "auto", 0: "never"}
+
+    def __init__(self, parent=None, *, maximum: int = 16384, step: int = 128) -> None:
+        super().__init__(parent)
+        self.setRange(self.AUTO, int(maximum))
+        self.setSingleStep(int(step))
+        self.setValue(self.AUTO)
+
+    def tile(self) -> int | None:
+        """The engine's ``tile``: None (automatic), 0 (never) or the tile side in pixels."""
+        v = int(self.value())
+        return None if v == self.AUTO else v
+
+    def setTile(self, tile: int | None) -> None:  # noqa: N802 - Qt-style name next to setValue
+        self.setValue(self.AUTO if tile is None else max(0, int(tile)))
+
+    # --- display and parsing -------------------------------------------------------------------
+    def textFromValue(self, value: int) -> str:  # noqa: N802 - Qt's name
+        return self.WORDS.get(int(value), f"{int(value)} px")
+
+    def _parse(self, text: str) -> int | None:
+        t = text.strip().lower()
+        for v, word in self.WORDS.items():
+            if t == word:
+                return v
+        t = t.removesuffix("px").strip()
+        return int(t) if t.isdigit() else None
+
+    def valueFromText(self, text: str) -> int:  # noqa: N802 - Qt's name
+        v = self._parse(text)
+        return self.AUTO if v is None else v
+
+    def validate(self, text: str, pos: int):
+        t = text.strip().lower()
+        v = self._parse(text)
+        if v is not None and self.minimum() <= v <= self.maximum():
+            state = QValidator.State.Acceptable
+        elif t == "" or any(w.startswith(t) for w in self.WORDS.values()) or t.removesuffix("p").strip().isdigit() or t.endswith(" "):
+            state = QValidator.State.Intermediate
+        else:
+            state = QValidator.State.Invalid
+        like = super().validate(text, pos)  # PyQt returns (state, text, pos), PySide the state
+        return (state, text, pos) if isinstance(like, tuple) else state
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 - Qt's name
+        # auto -> never -> step -> 2*step ...: the words are steps of their own, sizes stay multiples
+        v, step = int(self.value()), int(self.singleStep())
+        for _ in range(abs(int(steps))):
+            if steps > 0:
+                v = 0 if v == self.AUTO else (v // step + 1) * step
+            else:
+                v = self.AUTO if v <= 0 else (0 if v <= step else ((v - 1) // step) * step)
+        self.setValue(max(self.minimum(), min(self.maximum(), v)))
+
+
 def result_kind(data: np.ndarray, like) -> str:
     """How a fused array relates to source A's layer: ``"gray"``, ``"rgb"`` (last axis colour) or
     ``"bands"`` (bands-first stack, from a multi-band source B)."""
@@ -360,13 +425,22 @@ def result_kind(data: np.ndarray, like) -> str:
 
 
 def fused_layer_name(method_label: str, a_name: str, b_name: str) -> str:
-    """The one name of a fusion result layer: ``"{method} ({A} + {B})"``."""
-    return f"{method_label} ({a_name} + {b_name})"
+    """The name of a fusion result layer, ``"{method} ({A} + {B})"`` (:mod:`napari_fusion.naming`,
+    the rule the console API uses too)."""
+    from ..naming import fused_name
+
+    return fused_name(method_label, a_name, b_name)
 
 
-def labels_layer_name(method_label: str) -> str:
-    """The one name of a segmentation result layer: ``"{method} labels"``."""
-    return f"{method_label} labels"
+def labels_layer_name(method_label: str, a_name: str | None = None, b_name: str | None = None) -> str:
+    """The name of a segmentation result layer, named after the job's inputs so that each job owns
+    its layer: ``"{method} labels ({A} + {B})"``, ``"{method} labels ({A})"`` for one image
+    (:mod:`napari_fusion.naming`). Without inputs: the bare ``"{method} labels"`` of older sessions."""
+    from ..naming import labels_name
+
+    if a_name is None:
+        return f"{method_label} labels"
+    return labels_name(method_label, a_name, b_name)
 
 
 def _transform_kwargs(like, extra_leading: int = 0) -> dict:
@@ -476,6 +550,8 @@ def place_bands(
 ) -> list:
     """Show a fused multi-band result ``(C, H, W)`` as one layer per band, styled like the source
     band layers (colours, additive blending, visibility), so it looks like the multispectral input."""
+    from ..naming import band_name
+
     out = []
     members = list(group.layers) if group is not None else []
     for i in range(bands.shape[0]):
@@ -487,7 +563,7 @@ def place_bands(
         else:
             style = {"blending": "additive"}
         out.append(
-            place_image(viewer, f"{name} {suffix or i + 1}", bands[i], like, metadata=metadata, style=style, grid=grid)
+            place_image(viewer, band_name(name, suffix or i), bands[i], like, metadata=metadata, style=style, grid=grid)
         )
     return out
 
@@ -566,9 +642,45 @@ def place_labels(
 # pickers
 
 
+def is_result(layer) -> bool:
+    """Whether a layer is a napari-fusion result: made by a widget (``metadata[META_KEY]`` with a
+    ``role``) or by the console API (``metadata["method"]``)."""
+    if isinstance(layer, BandGroup):
+        return False
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get(META_KEY)
+    if isinstance(info, dict) and info.get("role"):
+        return info.get("role") != "strokes"  # painted by the user: an input, not a result
+    return "method" in meta
+
+
+def fused_sources(layer) -> tuple[str, str] | None:
+    """The names of the two sources a fused layer was made from (widgets and the API record them),
+    or None for a layer that is not a fused pair result."""
+    if layer is None or isinstance(layer, BandGroup):
+        return None
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get(META_KEY)
+    if isinstance(info, dict):
+        if info.get("role") == "fused" and info.get("source_a") and info.get("source_b"):
+            return str(info["source_a"]), str(info["source_b"])
+        return None
+    src = meta.get("sources")
+    if "method" in meta and isinstance(src, (tuple, list)) and len(src) == 2:
+        return str(src[0]), str(src[1])
+    return None
+
+
 class LayerCombo(QComboBox):
     """A combo box of the viewer's layers of some kinds, kept current as layers come, go or are
-    renamed; ``predicate`` filters further (e.g. "same dimensionality as source A")."""
+    renamed; ``predicate`` filters further (e.g. "same dimensionality as source A").
+
+    The combo remembers whether its choice is the user's: anything but :meth:`choose_default`
+    (a click, :meth:`set_layer`, ``setCurrentIndex``) makes it so, and a widget's automatic
+    defaults (:func:`pick_default_pair`, :class:`FollowDefaults`) never override it. The choice
+    follows its layer when the layer is renamed or moved; when the layer is removed the combo
+    falls back to an automatic choice again.
+    """
 
     NONE = "(none)"
 
@@ -588,8 +700,12 @@ class LayerCombo(QComboBox):
         self._groups = groups
         self._predicate = predicate
         self._optional = optional
+        self._objects: list = []  # the candidates behind the items, in item order (NONE excluded)
+        self._auto = 0  # > 0 while the combo itself or the defaults change the choice
+        self._user = False
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
+        self.currentIndexChanged.connect(self._on_index)
         ev = viewer.layers.events
         ev.inserted.connect(self._on_inserted)
         ev.removed.connect(self._on_changed)
@@ -601,6 +717,19 @@ class LayerCombo(QComboBox):
     @property
     def viewer(self):
         return self._viewer_ref()
+
+    @property
+    def optional(self) -> bool:
+        return self._optional
+
+    @property
+    def user_chosen(self) -> bool:
+        """Whether the current choice was made by the user (or a script), not by the defaults."""
+        return self._user
+
+    def _on_index(self, *_) -> None:
+        if not self._auto:
+            self._user = True
 
     def set_predicate(self, predicate: Callable[[Any], bool] | None) -> None:
         self._predicate = predicate
@@ -635,30 +764,65 @@ class LayerCombo(QComboBox):
             out.append(layer)
         if self._groups:
             for g in band_groups(viewer):
-                if self._predicate is None or self._predicate(g):
-                    out.append(g)
+                try:
+                    if self._predicate is None or self._predicate(g):
+                        out.append(g)
+                except Exception:  # noqa: BLE001
+                    continue
         return out
 
     @staticmethod
     def _text(layer) -> str:
         return layer.label if isinstance(layer, BandGroup) else layer.name
 
+    def _current_object(self):
+        i = self.currentIndex() - (1 if self._optional else 0)
+        return self._objects[i] if 0 <= i < len(self._objects) else None
+
+    @staticmethod
+    def _same(x, y) -> bool:
+        if isinstance(x, BandGroup) or isinstance(y, BandGroup):  # groups are rebuilt at each look
+            return isinstance(x, BandGroup) and isinstance(y, BandGroup) and x.name == y.name
+        return same_layer(x, y)
+
     def refresh(self) -> None:
-        current = self.currentText()
-        names = [self._text(layer) for layer in self.candidates()]
+        current, obj = self.currentText(), self._current_object()
+        cands = self.candidates()
+        names = [self._text(layer) for layer in cands]
         items = ([self.NONE] if self._optional else []) + names
-        if items == [self.itemText(i) for i in range(self.count())]:
+        offset = 1 if self._optional else 0
+        same_items = items == [self.itemText(i) for i in range(self.count())]
+        if same_items and all(self._same(x, y) for x, y in zip(cands, self._objects)):
+            self._objects = cands
             return
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(items)
-        if current in items:
-            self.setCurrentIndex(items.index(current))
-        elif self._optional:
-            self.setCurrentIndex(0)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentIndexChanged.emit(self.currentIndex())
+        # where the current choice went: the same layer (renamed or moved), else the same name
+        index = None
+        if obj is not None:
+            index = next((i + offset for i, c in enumerate(cands) if self._same(c, obj)), None)
+        if index is None and current in items and (obj is None or current == self.NONE):
+            index = items.index(current)
+        lost = index is None and bool(current) and current != self.NONE
+        self._auto += 1
+        try:
+            self.blockSignals(True)
+            self._objects = cands
+            if not same_items:
+                self.clear()
+                self.addItems(items)
+            if index is not None:
+                self.setCurrentIndex(index)
+            elif self._optional or not items:
+                self.setCurrentIndex(0 if items else -1)
+            else:
+                self.setCurrentIndex(0)
+            self.blockSignals(False)
+            if lost:  # the chosen layer is gone: the choice is automatic again
+                self._user = False
+            if self.currentText() != current:
+                self.currentIndexChanged.emit(self.currentIndex())
+        finally:
+            self.blockSignals(False)
+            self._auto -= 1
 
     def layer(self):
         """The chosen layer, or None."""
@@ -675,31 +839,154 @@ class LayerCombo(QComboBox):
         layer = viewer.layers[name]
         return layer if isinstance(layer, self._kinds) else None
 
-    def set_layer(self, layer_or_name) -> bool:
-        """Select a layer (object or name); False if it is not offered."""
-        name = self._text(layer_or_name) if hasattr(layer_or_name, "name") else layer_or_name
+    def _select(self, layer_or_name) -> bool:
+        if layer_or_name is None or layer_or_name == self.NONE:
+            if not self._optional:
+                return False
+            self.setCurrentIndex(0)
+            return True
         self.refresh()
-        i = self.findText(str(name))
+        if isinstance(layer_or_name, str):
+            i = self.findText(layer_or_name)
+            if i < 0 and self._groups:  # a band group by its name ("ms"), as metadata records it
+                i = next((k for k, c in enumerate(self._objects) if isinstance(c, BandGroup) and c.name == layer_or_name), -1)
+                i = i + (1 if self._optional and i >= 0 else 0)
+        else:
+            k = next((k for k, c in enumerate(self._objects) if self._same(c, layer_or_name)), -1)
+            i = k + (1 if self._optional else 0) if k >= 0 else self.findText(self._text(layer_or_name))
         if i < 0:
             return False
         self.setCurrentIndex(i)
         return True
 
+    def set_layer(self, layer_or_name) -> bool:
+        """Select a layer (object or name; None or ``NONE`` for no layer in an optional combo) as
+        the user's choice; False if it is not offered."""
+        ok = self._select(layer_or_name)
+        if ok:
+            self._user = True
+        return ok
 
-def pick_default_pair(combo_a: LayerCombo, combo_b: LayerCombo) -> None:
-    """Preselect a likely pair: A = the bottom-most image (readers and samples add A first), B = the
-    next one up, or a multispectral band group when there is one (pan-sharpening)."""
-    cands = combo_a.candidates()
-    if len(cands) < 2:
-        return
-    combo_a.set_layer(cands[-1])
-    combo_b.refresh()
-    others = [c for c in combo_b.candidates() if not same_layer(c, cands[-1])]
+    def choose_default(self, layer_or_name, *, force: bool = False) -> bool:
+        """Select a layer as an automatic default; a choice the user made is kept (unless
+        ``force``, e.g. the sources recorded in a fused layer the user picked). False when not
+        applied."""
+        if self._user and not force:
+            return False
+        self._auto += 1
+        try:
+            ok = self._select(layer_or_name)
+        finally:
+            self._auto -= 1
+        if ok:
+            self._user = False
+        return ok
+
+
+def _sources_first(layers: list) -> list:
+    """Layers that are not napari-fusion results (when there are any), in the same order."""
+    src = [x for x in layers if not is_result(x)]
+    return src or list(layers)
+
+
+def _default_b(combo_b: LayerCombo, a) -> Any:
+    others = [c for c in combo_b.candidates() if not same_layer(c, a)]
     groups = [c for c in others if isinstance(c, BandGroup)]
-    if groups:
-        combo_b.set_layer(groups[0])
-    elif others:
-        combo_b.set_layer(others[-1])
+    if groups:  # a multispectral file shown as band layers: all its bands together
+        return groups[0]
+    singles = _sources_first([c for c in others if not isinstance(c, BandGroup)])
+    return singles[-1] if singles else None  # the lowest other layer: the one just above A
+
+
+def default_pair(combo_a: LayerCombo, combo_b: LayerCombo) -> None:
+    """Choose the likely pair, from the layer list only (so the same whether the dock or the data
+    came first): A = the bottom-most source image with a partner (readers and samples add A
+    first), B = the lowest other one, or a multispectral band group (pan-sharpening). Result
+    layers are passed over while there are sources. A user's choice is kept (the other combo is
+    chosen to go with it); an optional combo shows ``(none)`` when there is no pair."""
+    b_user = combo_b.layer() if combo_b.user_chosen else None
+    if combo_a.user_chosen:
+        a = combo_a.layer()
+        if a is not None and b_user is None:
+            b = _default_b(combo_b, a)
+            if b is not None or combo_b.optional:
+                combo_b.choose_default(b)
+        return
+    cands = [c for c in combo_a.candidates() if not isinstance(c, BandGroup)]
+    if b_user is not None:
+        cands = [c for c in cands if not same_layer(c, b_user) and spatial_ndim(c) == spatial_ndim(b_user)]
+    ordered = list(reversed(_sources_first(cands)))  # bottom-most first
+    ordered += [c for c in reversed(cands) if not any(same_layer(c, o) for o in ordered)]
+    for a in ordered:
+        if b_user is not None:
+            combo_a.choose_default(a)
+            return
+        combo_a.choose_default(a)
+        combo_b.refresh()
+        b = _default_b(combo_b, a)
+        if b is not None:
+            combo_b.choose_default(b)
+            return
+    # no pair: an optional combo says so; a plain one keeps its first layer (A alone is useful)
+    if combo_a.optional:
+        combo_a.choose_default(None)
+    elif ordered:
+        combo_a.choose_default(ordered[0])
+    if combo_b.optional and b_user is None:
+        combo_b.choose_default(None)
+
+
+class FollowDefaults(QObject):
+    """Runs a widget's ``pick`` (its automatic defaults) now and again whenever layers are added,
+    removed or moved, so that the defaults depend on the layer list only, not on whether the dock
+    or the data came first. ``pick`` uses :meth:`LayerCombo.choose_default`, which keeps the
+    user's choices."""
+
+    def __init__(self, viewer, pick: Callable[[], None], parent: QObject) -> None:
+        super().__init__(parent)
+        self._pick = pick
+        self._busy = False
+        ev = viewer.layers.events
+        ev.inserted.connect(self._on_layers)
+        ev.removed.connect(self._on_layers)
+        ev.moved.connect(self._on_layers)
+        self._on_layers()
+
+    def apply(self, *_) -> None:
+        """Pick the defaults again now (e.g. after the user chose one of the layers)."""
+        self._on_layers()
+
+    def _on_layers(self, event=None) -> None:
+        if self._busy or not _alive(self):
+            return
+        self._busy = True
+        try:
+            self._pick()
+        except RuntimeError as err:  # the widget was closed
+            if "deleted" not in str(err):
+                raise
+        finally:
+            self._busy = False
+
+
+def pick_default_pair(combo_a: LayerCombo, combo_b: LayerCombo, *, follow: bool = True) -> None:
+    """Preselect a likely pair (:func:`default_pair`) now and, with ``follow``, again whenever
+    layers come, go or move (until the user chooses), so that opening the dock before the data
+    gives the same defaults as opening it after."""
+    if not follow:
+        default_pair(combo_a, combo_b)
+        return
+    viewer = combo_a.viewer
+    if viewer is None:
+        return
+
+    def pick() -> None:
+        if _alive(combo_a) and _alive(combo_b):
+            combo_a.refresh()
+            combo_b.refresh()
+            default_pair(combo_a, combo_b)
+
+    combo_a._follow_defaults = FollowDefaults(viewer, pick, combo_a)
 
 
 @dataclass
@@ -935,35 +1222,89 @@ class DeviceCombo(QComboBox):
         return "auto"
 
 
+_STAGE_WORDS = {"fuse": "fusing", "segment": "segmenting", "enhance": "enhancing", "tiles": "tile", "slices": "slice"}
+
+
+def stage_text(stage: str) -> str:
+    """A progress stage as the bar shows it (``"fuse"`` -> ``"fusing"``)."""
+    return _STAGE_WORDS.get(stage, stage)
+
+
 class ProgressBar(QProgressBar):
-    """A progress bar that shows the job's stage, e.g. ``slice 12/155``."""
+    """A progress bar that shows the job's stage: ``slice 12/155`` or ``tile 3/40`` while there is
+    a count, and a busy (indeterminate) bar with the stage and the seconds so far while there is
+    none: before the first step, during a single untiled pass (``Progress(0, 1, stage)``) and
+    while the result is finished after it (``Progress(1, 1, ...)``)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from qtpy.QtCore import QElapsedTimer, QTimer
+
+        self._busy_text: str | None = None
+        self._clock = QElapsedTimer()
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self.update)
         self.reset_idle()
 
+    def text(self) -> str:  # Qt shows no text on an indeterminate bar; this one says what runs
+        if self._busy_text is None:
+            return super().text()
+        secs = self._clock.elapsed() // 1000 if self._clock.isValid() else 0
+        return f"{self._busy_text} … {secs} s" if secs >= 1 else f"{self._busy_text} …"
+
+    def busy_text(self) -> str | None:
+        """The stage a busy (indeterminate) bar shows, or None while the bar counts."""
+        return self._busy_text
+
+    def _counting(self) -> None:
+        self._busy_text = None
+        self._ticker.stop()
+
     def reset_idle(self) -> None:
+        self._counting()
         self.setRange(0, 1)
         self.setValue(0)
         self.setFormat("idle")
         self.setTextVisible(True)
 
     def busy(self, text: str) -> None:
-        self.setRange(0, 0)  # an indeterminate bar until the first progress arrives
+        """An indeterminate bar showing ``text`` and the seconds since the job (or stage) began."""
+        if self._busy_text is None or not self._clock.isValid():
+            self._clock.start()
+        self._busy_text = text
+        self.setRange(0, 0)
         self.setFormat(text)
+        self._ticker.start()
+        self.update()
 
     def show_progress(self, p) -> None:
         total = max(int(getattr(p, "total", 0) or 0), 0)
         done = int(getattr(p, "done", 0) or 0)
         stage = str(getattr(p, "stage", "") or "")
         if total <= 0:
-            self.busy(stage or "working")
+            self.busy(stage_text(stage) or "working")
             return
+        if total == 1 and done <= 0:  # one pass, no tiles to count: busy with the stage
+            self.busy(f"{stage_text(stage) or 'working'} (one pass)")
+            return
+        if total == 1 and done >= 1:  # the pass is over; the result is being finished
+            self.busy("finishing")
+            return
+        self._counting()
         self.setRange(0, total)
         self.setValue(min(done, total))
-        self.setFormat(f"{stage} %v/%m" if stage else "%v/%m")
+        word = stage_text(stage)
+        self.setFormat(f"{word} %v/%m" if word else "%v/%m")
+
+    def setFormat(self, text: str) -> None:  # noqa: N802 - Qt's name; a new text ends a busy stage
+        if self._busy_text is not None and text != self._busy_text and self.maximum() == 0:
+            self._busy_text = text
+        super().setFormat(text)
+        self.update()
 
     def done(self, text: str = "done") -> None:
+        self._counting()
         self.setRange(0, 1)
         self.setValue(1)
         self.setFormat(text)

@@ -8,14 +8,18 @@ import math
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QApplication,
+    QCheckBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -25,10 +29,14 @@ from qtpy.QtWidgets import (
 from ._common import (
     same_layer,
     META_KEY,
+    FollowDefaults,
     LayerCombo,
     ProgressBar,
     Task,
+    default_pair,
     error_text,
+    fused_sources,
+    is_result,
     layer_array,
     notify_error,
     notify_info,
@@ -43,7 +51,7 @@ FUSION_METRICS = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM", "SCD")
 _EXTRA_TIPS = {
     "mIoU": "mean intersection over union of the predicted labels against the ground truth (classes present)",
     "mDice": "mean Dice coefficient of the predicted labels against the ground truth (classes present)",
-    "pixel_accuracy": "fraction of pixels whose predicted label equals the ground truth",
+    "pixel_accuracy": "fraction of pixels whose predicted label equals the ground truth (of the painted pixels when unpainted ones are ignored)",
 }
 
 
@@ -70,9 +78,11 @@ def _shape_text(shape) -> str:
     return "x".join(str(int(v)) for v in shape)
 
 
-def gather_inputs(fused, a, b, prediction=None, truth=None) -> dict:
+def gather_inputs(fused, a, b, prediction=None, truth=None, ignore_unpainted: bool | None = None) -> dict:
     """Everything the metrics need from the layers (read on the GUI thread): arrays, the engine's
-    source keywords, names and class names; checked for matching shapes."""
+    source keywords, names and class names; checked for matching shapes. ``ignore_unpainted``:
+    whether the truth's 0 pixels are unpainted strokes, not a class (None: decided by
+    :func:`napari_fusion.api.painted_truth`)."""
     if spatial_shape(fused) != spatial_shape(a):
         raise ValueError(
             f"fused layer {fused.name!r} is {_shape_text(spatial_shape(fused))} but source A {a.name!r} "
@@ -88,6 +98,7 @@ def gather_inputs(fused, a, b, prediction=None, truth=None) -> dict:
         pred=None,
         truth=None,
         class_names=None,
+        ignore_unpainted=False,
     )
     if prediction is not None and truth is not None:
         pred, gt = np.asarray(layer_array(prediction)), np.asarray(layer_array(truth))
@@ -96,7 +107,16 @@ def gather_inputs(fused, a, b, prediction=None, truth=None) -> dict:
                 f"prediction {prediction.name!r} is {_shape_text(pred.shape)} but ground truth "
                 f"{truth.name!r} is {_shape_text(gt.shape)}"
             )
-        out.update(pred=pred, truth=gt, class_names=_class_names(prediction) or _class_names(truth))
+        if ignore_unpainted is None:
+            from ..api import painted_truth
+
+            ignore_unpainted = painted_truth(truth)
+        out.update(
+            pred=pred,
+            truth=gt,
+            class_names=_class_names(prediction) or _class_names(truth),
+            ignore_unpainted=bool(ignore_unpainted),
+        )
     return out
 
 
@@ -109,9 +129,10 @@ def score(inputs: dict) -> dict[str, float]:
     with that same mapping, so a fused image equal to A scores exactly as A does. Volumes are scored
     slice by slice (slices with content) and averaged.
     """
+    from ..api import label_scores
     from ..color import rgb_to_ycbcr, to_unit
     from ..engine.pipeline import prepare_pair
-    from ..metrics import fusion_metrics, segmentation_metrics
+    from ..metrics import fusion_metrics
 
     prep = prepare_pair(inputs["a"], inputs["b"], **inputs["source_kw"])
     uf, _ = to_unit(np.asarray(inputs["fused"]), prep.intensity)
@@ -136,19 +157,28 @@ def score(inputs: dict) -> dict[str, float]:
         names = inputs["class_names"]
         if names is not None and len(names) < n:
             names = names + [str(i) for i in range(len(names), n)]
-        seg = segmentation_metrics(pred, gt, n_classes=max(n, len(names or ())), class_names=names)
+        seg = label_scores(
+            pred, gt, n_classes=max(n, len(names or ())), class_names=names, ignore_unpainted=inputs.get("ignore_unpainted", False)
+        )
         out.update({k: float(v) for k, v in seg.items()})
     return out
 
 
-def evaluate_layers(fused, a, b, prediction=None, truth=None) -> dict[str, float]:
+def evaluate_layers(fused, a, b, prediction=None, truth=None, ignore_unpainted: bool | None = None) -> dict[str, float]:
     """Metrics of a fused layer against sources A and B, and IoU/Dice of ``prediction`` against
     ``truth`` when both are given (see :func:`score`)."""
-    return score(gather_inputs(fused, a, b, prediction, truth))
+    return score(gather_inputs(fused, a, b, prediction, truth, ignore_unpainted))
 
 
 class EvaluateWidget(QWidget):
-    """A table of fusion metrics (rows) for each evaluated fused layer (columns)."""
+    """A table of fusion metrics (rows) for each evaluated fused layer (columns).
+
+    Defaults (from the layer list, whether the dock or the data came first): **Fused** is the
+    top-most fused result layer (``(none)`` while there is none), its sources are the ones recorded
+    in its metadata, else the likely pair. **Ignore unpainted (0)** is ticked when the ground truth
+    is painted strokes (:func:`napari_fusion.api.painted_truth`): its 0 pixels are then left out and
+    class 0 is not scored.
+    """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -157,37 +187,63 @@ class EvaluateWidget(QWidget):
         self.viewer = napari_viewer
         self.task: Task | None = None
         self.results: dict[str, dict[str, float]] = {}  # column name -> metrics
+        self.scored: dict[str, str] = {}  # column name -> what the segmentation scores counted
 
-        self.fused = LayerCombo(napari_viewer, (Image,))
+        self.fused = LayerCombo(napari_viewer, (Image,), optional=True)
         self.fused.setToolTip("the fused layer to score; its sources are picked from its metadata when known")
         self.source_a = LayerCombo(napari_viewer, (Image,))
-        self.source_b = LayerCombo(napari_viewer, (Image,), predicate=self._b_compatible)
+        self.source_b = LayerCombo(napari_viewer, (Image,), predicate=self._b_compatible, groups=True)
         self.source_a.currentIndexChanged.connect(lambda *_: self.source_b.refresh())
         self.prediction = LayerCombo(napari_viewer, (Labels,), optional=True)
         self.truth = LayerCombo(napari_viewer, (Labels,), optional=True)
         self.prediction.setToolTip("predicted labels (e.g. from the Segment widget)")
         self.truth.setToolTip("ground-truth labels; with a prediction adds IoU/Dice per class and their means")
+        self.ignore_unpainted = QCheckBox("ignore unpainted (0)")
+        self.ignore_unpainted.setToolTip(
+            "the ground truth is painted strokes: leave its unpainted (0) pixels out and do not score class 0.\n"
+            "Ticked by itself for a Labels layer painted in the viewer with under half its pixels painted;\n"
+            "unticked for complete label maps (read from a file), where 0 is a class (background)"
+        )
+        self.ignore_unpainted.setEnabled(False)
         self.fused.currentIndexChanged.connect(self._follow_fused)
+        self.truth.currentIndexChanged.connect(self._follow_truth)
 
         self.evaluate_button = QPushButton("Evaluate")
         self.copy_button = QPushButton("Copy")
         self.copy_button.setToolTip("copy the table to the clipboard (tab-separated, pastes into spreadsheets)")
         self.export_button = QPushButton("Export CSV…")
         self.clear_button = QPushButton("Clear")
+        for w in (self.evaluate_button, self.copy_button, self.export_button, self.clear_button):
+            w.setMinimumWidth(0)  # the row may get narrow in a narrow dock rather than clip
+            w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.progress = ProgressBar()
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        # columns keep a readable width and the table scrolls sideways inside the dock instead of
+        # widening the dock past its right edge
+        head = self.table.horizontalHeader()
+        head.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        head.setMinimumSectionSize(64)
+        head.setDefaultAlignment(Qt.AlignmentFlag.AlignCenter | Qt.AlignmentFlag.AlignVCenter)
+        head.setStretchLastSection(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.setWordWrap(True)
+        self.table.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+        self.table.setMinimumWidth(0)
         self.table.setMinimumHeight(260)
         self.note = QLabel("higher is better for every metric; the best of each row is bold")
+        self.note.setWordWrap(True)
         self.note.setStyleSheet("color: palette(mid); font-size: 11px;")
 
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Fused", self.fused)
         form.addRow("Source A", self.source_a)
         form.addRow("Source B", self.source_b)
         form.addRow("Prediction", self.prediction)
         form.addRow("Ground truth", self.truth)
+        form.addRow("", self.ignore_unpainted)
         buttons = QHBoxLayout()
         for w in (self.evaluate_button, self.copy_button, self.export_button, self.clear_button):
             buttons.addWidget(w)
@@ -202,21 +258,55 @@ class EvaluateWidget(QWidget):
         self.copy_button.clicked.connect(self.copy)
         self.export_button.clicked.connect(lambda: self.export_csv())
         self.clear_button.clicked.connect(self.clear)
+        self._defaults = FollowDefaults(napari_viewer, self._pick_defaults, self)
         self._follow_fused()
+        self._follow_truth()
 
     def _b_compatible(self, layer) -> bool:
         a = self.source_a.layer() if hasattr(self, "source_a") else None
         return a is None or (not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a))
 
+    def _pick_defaults(self) -> None:
+        """Fused = the top-most fused result layer; sources = the ones it records, else the likely
+        pair. The user's choices are kept."""
+        for combo in (self.fused, self.source_a, self.source_b, self.prediction, self.truth):
+            combo.refresh()
+        fused = [x for x in self.fused.candidates() if fused_sources(x) is not None]
+        self.fused.choose_default(fused[0] if fused else None)  # candidates are listed top first
+        recorded = fused_sources(self.fused.layer())
+        if recorded is not None:
+            self.source_a.choose_default(recorded[0])
+            self.source_b.refresh()
+            self.source_b.choose_default(recorded[1])
+            return
+        default_pair(self.source_a, self.source_b)
+
     def _follow_fused(self, *_) -> None:
         """Pick the sources a fused layer was made from (recorded in its metadata)."""
         layer = self.fused.layer()
         info = (getattr(layer, "metadata", None) or {}).get(META_KEY) if layer is not None else None
-        if isinstance(info, dict):
-            if info.get("source_a"):
-                self.source_a.set_layer(info["source_a"])
-            if info.get("source_b"):
-                self.source_b.set_layer(info["source_b"])
+        recorded = fused_sources(layer)
+        if recorded is None and isinstance(info, dict):  # e.g. an enhanced layer: source A only
+            recorded = (info.get("source_a"), info.get("source_b"))
+        if recorded is None:
+            return
+        if recorded[0]:
+            self.source_a.choose_default(recorded[0], force=True)
+        if recorded[1]:
+            self.source_b.refresh()
+            self.source_b.choose_default(recorded[1], force=True)
+
+    def _follow_truth(self, *_) -> None:
+        """Tick "ignore unpainted (0)" for painted strokes (:func:`napari_fusion.api.painted_truth`)."""
+        from ..api import painted_truth
+
+        truth = self.truth.layer()
+        self.ignore_unpainted.setEnabled(truth is not None)
+        try:
+            painted = truth is not None and painted_truth(truth)
+        except Exception:  # noqa: BLE001 - a layer we cannot read: leave the box unticked
+            painted = False
+        self.ignore_unpainted.setChecked(painted)
 
     @property
     def running(self) -> bool:
@@ -236,11 +326,20 @@ class EvaluateWidget(QWidget):
             notify_error("Evaluate: segmentation metrics need both a prediction and a ground-truth Labels layer")
             return None
         column = fused.name
+        ignore = self.ignore_unpainted.isChecked()
         try:
-            inputs = gather_inputs(fused, a, b, pred, truth)
+            inputs = gather_inputs(fused, a, b, pred, truth, ignore_unpainted=ignore)
         except Exception as err:  # noqa: BLE001
             notify_error(f"Evaluation of {fused.name!r}: {error_text(err)}")
             return None
+        scored = ""
+        if truth is not None:
+            gt = inputs["truth"]
+            if ignore:
+                n = int(np.count_nonzero(gt))
+                scored = f"{pred.name} vs {truth.name}: {n} painted pixels of {gt.size} scored ({100 * n / max(gt.size, 1):.1f}%); unpainted (0) ignored"
+            else:
+                scored = f"{pred.name} vs {truth.name}: all {gt.size} pixels scored, 0 is a class"
 
         def job():
             yield None  # one step: lets a Cancel before the metrics start take effect
@@ -248,6 +347,10 @@ class EvaluateWidget(QWidget):
 
         def returned(metrics):
             self.results[column] = metrics
+            if scored:
+                self.scored[column] = scored
+            else:
+                self.scored.pop(column, None)
             self._fill()
             self.progress.done("done")
 
@@ -268,6 +371,7 @@ class EvaluateWidget(QWidget):
 
     def clear(self) -> None:
         self.results.clear()
+        self.scored.clear()
         self._fill()
 
     def rows(self) -> list[str]:
@@ -285,10 +389,13 @@ class EvaluateWidget(QWidget):
         self.table.setRowCount(len(rows))
         self.table.setColumnCount(len(cols))
         self.table.setVerticalHeaderLabels(rows)
-        self.table.setHorizontalHeaderLabels(cols)
+        for j, c in enumerate(cols):  # "method (A + B)" on two lines: narrower columns
+            item = QTableWidgetItem(_header_text(c))
+            item.setToolTip(c + (f"\n{self.scored[c]}" if c in self.scored else ""))
+            self.table.setHorizontalHeaderItem(j, item)
+        tips = _tips()
         for i, r in enumerate(rows):
             head = self.table.verticalHeaderItem(i)
-            tips = _tips()
             if head is not None and r in tips:
                 head.setToolTip(tips[r])
             vals = [self.results[c].get(r) for c in cols]
@@ -296,6 +403,7 @@ class EvaluateWidget(QWidget):
             best = max(finite) if len(finite) >= 2 else None
             for j, v in enumerate(vals):
                 item = QTableWidgetItem("" if v is None else _fmt(v))
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if best is not None and v == best:  # every metric here is higher-is-better
                     font = item.font()
                     font.setBold(True)
@@ -303,6 +411,13 @@ class EvaluateWidget(QWidget):
                     item.setToolTip("best of the evaluated layers")
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
+        head = self.table.horizontalHeader()
+        for j in range(len(cols)):  # a very long layer name does not make one huge column
+            head.resizeSection(j, max(head.minimumSectionSize(), min(head.sectionSize(j), _MAX_COLUMN)))
+        self.table.horizontalHeader().setMinimumHeight(0)
+        text = "higher is better for every metric; the best of each row is bold"
+        notes = [self.scored[c] for c in cols if c in self.scored]
+        self.note.setText("\n".join([text, *notes]))
 
     def as_rows(self) -> list[list[str]]:
         """The table as text rows, header first (``metric``, one column per fused layer)."""
@@ -338,6 +453,15 @@ class EvaluateWidget(QWidget):
             return None
         notify_info(f"metrics written to {out}")
         return out
+
+
+_MAX_COLUMN = 180  # px: the widest a column gets by itself (the user can drag it wider)
+
+
+def _header_text(name: str) -> str:
+    """A column title on two lines, ``"method\n(A + B)"``, when the layer name has inputs."""
+    head, sep, tail = name.partition(" (")
+    return f"{head}\n({tail}" if sep and head else name
 
 
 def _fmt(v: float) -> str:

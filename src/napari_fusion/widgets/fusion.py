@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..naming import enhanced_name
 from ._common import (
     same_layer,
     META_KEY,
@@ -15,6 +16,7 @@ from ._common import (
     MethodCombo,
     ProgressBar,
     Task,
+    TileSpinBox,
     classes_of,
     error_text,
     fused_layer_name,
@@ -41,7 +43,10 @@ class FusionWidget(QWidget):
     """Fuse source B into source A's grid with a registered method (or a tuned/loaded model).
 
     The result is an Image layer ``"{method} ({A} + {B})"`` with A's scale/translate/affine; a
-    segmenting method also gives ``"{method} labels"``. Running again updates those layers in place.
+    segmenting method also gives ``"{method} labels ({A} + {B})"`` (:mod:`napari_fusion.naming`).
+    Each job owns its layers: running the same method on the same sources again updates them in
+    place, other sources get their own. Sources A and B default to the likely pair of the layer
+    list (:func:`pick_default_pair`), kept current as layers come and go until the user chooses.
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
@@ -59,12 +64,11 @@ class FusionWidget(QWidget):
         self.source_a.currentIndexChanged.connect(lambda *_: self.source_b.refresh())
         self.method = MethodCombo(napari_viewer)
         self.device = DeviceCombo()
-        self.tile = QSpinBox()
-        self.tile.setRange(0, 16384)
-        self.tile.setSingleStep(128)
-        self.tile.setSpecialValueText("auto")
-        self.tile.setSuffix(" px")
-        self.tile.setToolTip("tile size for large images (auto: above ~4 Mpx, and on the CPU above the method's preferred tile, e.g. 512 px for GIFNet)")
+        self.tile = TileSpinBox()
+        self.tile.setToolTip(
+            "tile size for large images, as the API's and the CLI's tile: auto (tiles above ~4 Mpx, and on the CPU "
+            "above the method's preferred tile, e.g. 512 px for GIFNet), never (one pass), or N px tiles"
+        )
 
         self.fuse_button = QPushButton("Fuse")
         self.fuse_button.setToolTip("fuse B into A's grid with the chosen method")
@@ -154,7 +158,7 @@ class FusionWidget(QWidget):
         except Exception as err:  # noqa: BLE001
             notify_error(f"Fusion of {a.name!r} and {b.name!r}: {error_text(err)}")
             return None
-        kw.update(device=self.device.device(), tile=self.tile.value() or None, segment=segment)
+        kw.update(device=self.device.device(), tile=self.tile.tile(), segment=segment)
 
         def job():
             from ..engine.pipeline import fuse_steps
@@ -190,7 +194,7 @@ class FusionWidget(QWidget):
 
             return (yield from enhance_steps(image, ENHANCE_METHOD, **kw))
 
-        name = f"{ENHANCE_METHOD} enhanced ({a.name})"
+        name = enhanced_name(ENHANCE_METHOD, a.name)
         meta = {META_KEY: {"role": "enhanced", "method": ENHANCE_METHOD, "source_a": a.name}}
         return self._start(
             job,
@@ -263,6 +267,7 @@ class FusionWidget(QWidget):
         if getattr(result, "labels", None) is not None:
             classes = tuple(result.classes or ()) or classes_of(self.method.entry().runner if self.method.entry() else None)
             lmeta = {META_KEY: {**meta[META_KEY], "role": "labels"}}
-            labels = place_labels(self.viewer, labels_layer_name(label), result.labels, a, classes, metadata=lmeta)
+            b_name = meta[META_KEY].get("source_b")
+            labels = place_labels(self.viewer, labels_layer_name(label, a.name, b_name), result.labels, a, classes, metadata=lmeta)
             shown.append(labels.name)
         self.status.setText("→ " + ", ".join(repr(s) for s in shown))

@@ -6,6 +6,7 @@ import html
 
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..naming import boxes_name
 from ._common import (
     same_layer,
     META_KEY,
@@ -20,7 +21,9 @@ from ._common import (
     labels_layer_name,
     layer_array,
     notify_error,
-    pick_default_pair,
+    FollowDefaults,
+    default_pair,
+    is_result,
     place_image,
     place_labels,
     result_kind,
@@ -41,11 +44,16 @@ def legend_html(classes) -> str:
 
 
 class SegmentWidget(QWidget):
-    """Segment an image (or a pair of sources) into ``"{method} labels"``.
+    """Segment an image (or a pair of sources) into ``"{method} labels ({A} + {B})"`` (or
+    ``"{method} labels ({image})"``; :mod:`napari_fusion.naming`).
 
     With sources A and B the method fuses and segments them in one run (MultiTaskVIF's single pass,
     TDFusion's fusion then its segmenter) and both the fused layer and the Labels layer are filled;
-    with an image alone it is segmented as it is.
+    with an image alone it is segmented as it is. Each job owns its layers: the same method on the
+    same inputs updates them in place, other inputs get their own.
+
+    Defaults (from the layer list, whether the dock or the data came first): the likely pair as
+    sources A and B, else the one image alone; kept current until the user chooses.
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
@@ -101,7 +109,9 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.method.changed.connect(self._show_legend)
         self._show_legend()
-        pick_default_pair(self.source_a, self.source_b)
+        self._defaults = FollowDefaults(napari_viewer, self._pick_defaults, self)
+        for combo in (self.source_a, self.source_b, self.image):  # a choice of one settles the others
+            combo.currentIndexChanged.connect(self._defaults.apply)
         if not self.method.label():
             self.segment_button.setEnabled(False)
             self.status.setText("no segmenting method is installed")
@@ -109,6 +119,24 @@ class SegmentWidget(QWidget):
     def _b_compatible(self, layer) -> bool:
         a = self.source_a.layer() if hasattr(self, "source_a") else None
         return a is None or (not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a))
+
+    def _pick_defaults(self) -> None:
+        """Sources A and B = the likely pair (:func:`default_pair`); with no pair, the bottom-most
+        image alone. Choices the user made are kept: an image the user picked clears the automatic
+        pair (a pair is segmented before an image), sources the user picked clear the image."""
+        a, b, image = self.source_a, self.source_b, self.image
+        for combo in (a, b, image):
+            combo.refresh()
+        if image.user_chosen and image.layer() is not None and not (a.user_chosen or b.user_chosen):
+            a.choose_default(None)
+            b.choose_default(None)
+            return
+        default_pair(a, b)
+        if self.source_a.layer() is not None and self.source_b.layer() is not None:
+            self.image.choose_default(None)
+            return
+        images = [x for x in self.image.candidates() if not is_result(x)] or self.image.candidates()
+        self.image.choose_default(images[-1] if images else None)
 
     def _classes(self) -> tuple:
         entry = self.method.entry()
@@ -225,13 +253,17 @@ class SegmentWidget(QWidget):
             fmeta = {META_KEY: {**meta, "role": "fused"}}
             fl = place_image(self.viewer, fused_layer_name(label, first.name, second.name), fused, first, rgb=rgb, metadata=fmeta, grid=result.grid)
             shown.append(fl.name)
-        layer = place_labels(self.viewer, labels_layer_name(label), result.labels, first, classes, metadata={META_KEY: meta})
+        layer = place_labels(
+            self.viewer, labels_layer_name(label, first.name, getattr(second, "name", None)), result.labels, first, classes,
+            metadata={META_KEY: meta},
+        )
         shown.append(layer.name)
         if self.boxes.isChecked() and result.labels.ndim == 2:
             from ..boxes import boxes_from_labels, show_boxes
 
             found = boxes_from_labels(result.labels, classes)
-            bl = show_boxes(self.viewer, found, f"{label} boxes", classes=classes, like=layer, after=layer.name, metadata={META_KEY: {**meta, "role": "boxes"}})
+            bname = boxes_name(label, first.name, getattr(second, "name", None))
+            bl = show_boxes(self.viewer, found, bname, classes=classes, like=layer, after=layer.name, metadata={META_KEY: {**meta, "role": "boxes"}})
             shown.append(bl.name)
         if classes:
             self.legend.setText(legend_html(classes))
