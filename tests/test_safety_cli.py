@@ -90,10 +90,11 @@ def test_fuse_two_files_into_their_own_folder_is_refused(two_folders, capsys):
     assert _snapshot(a.parent) == before
 
 
-def test_enhance_into_its_input_folder_is_refused(two_folders, capsys):
+@pytest.mark.parametrize("command", ["enhance", "segment"])
+def test_enhance_or_segment_into_its_input_folder_is_refused(two_folders, capsys, command):
     a, _ = two_folders
     before = _snapshot(a)
-    rc = main(["enhance", str(a), "--out", str(a), "--overwrite"])
+    rc = main([command, str(a), "--out", str(a), "--overwrite"])
     assert rc != 0 and "source images" in capsys.readouterr().err
     assert _snapshot(a) == before
 

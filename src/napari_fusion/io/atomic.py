@@ -151,9 +151,16 @@ def _named(err: OSError, dest: Path) -> OSError:
 
 def _replace(tmp: Path, dest: Path, work: Path) -> None:
     """Move ``tmp`` onto ``dest``; a folder result (zarr) first moves an existing ``dest`` aside into ``work``."""
-    if tmp.is_dir() and (dest.exists() or dest.is_symlink()):
-        os.replace(dest, work / ".replaced")
-    os.replace(tmp, dest)
+    if not (tmp.is_dir() and (dest.exists() or dest.is_symlink())):
+        os.replace(tmp, dest)
+        return
+    aside = work / ".replaced"
+    os.replace(dest, aside)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        os.replace(aside, dest)  # put the old result back rather than lose it
+        raise
 
 
 @contextlib.contextmanager
