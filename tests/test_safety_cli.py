@@ -412,3 +412,19 @@ def test_fuse_large_broken_tiff_names_the_file_and_the_problem(tmp_path, capsys,
     err = capsys.readouterr().err
     assert rc != 0 and str(bad) in err and problem in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif", "good.tif"]
+
+
+def test_evaluate_reports_two_fused_files_with_one_name(two_folders, tmp_path, capsys):
+    import imageio.v3 as iio
+    import tifffile
+
+    a, b = two_folders
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    iio.imwrite(fused / "p0.png", _img((48, 64), 3))
+    tifffile.imwrite(fused / "p0.tif", _img((48, 64), 4))
+    iio.imwrite(fused / "p1.png", _img((48, 64), 5))
+    rc = main(["evaluate", str(a), str(b), str(fused)])
+    got = capsys.readouterr()
+    assert rc == 1 and "p0.png and p0.tif share the name 'p0'" in got.err
+    assert "p1" in got.out and "no fused image named p0" not in got.err
