@@ -365,12 +365,13 @@ def evaluate(
     n_classes: int | None = None,
     ignore_index: int | None = None,
     ignore_unpainted: bool | None = None,
-    max_slices: int = 16,
+    max_slices: int | None = 16,
 ) -> dict[str, float]:
     """Fusion metrics (EN, SD, SF, AG, MI, VIF, Qabf, SSIM, SCD) of a fused image, plus IoU/Dice if labels given.
 
     Sources and result are compared as the methods saw them: gray/Y on A's grid, 0..255 (rounded
-    as an 8-bit file would be). Volumes: the mean over up to ``max_slices`` non-empty slices.
+    as an 8-bit file would be). Volumes: the mean over the slices where A or B is not constant, at
+    most ``max_slices`` spread over the volume (None: all; :func:`napari_fusion.metrics.scored_slices`).
     ``labels`` / ``truth``: predicted and true label maps for segmentation metrics.
     ``ignore_unpainted``: leave the truth's 0 pixels out and do not score class 0 (painted strokes,
     see :func:`label_scores`); None (default) decides by :func:`painted_truth`: yes for a sparse
@@ -378,7 +379,7 @@ def evaluate(
 
         scores = evaluate(fused, ir, vi)   # {'EN': 6.9, 'SD': 41.2, ...}
     """
-    from .metrics import fusion_metrics
+    from .metrics import fusion_metrics, volume_fusion_metrics
 
     sa, sb, sf = as_input(a, "A"), as_input(b, "B"), as_input(fused, "fused")
     prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
@@ -386,14 +387,8 @@ def evaluate(
     a255, b255, f255 = (np.round(np.clip(v, 0, 1) * 255.0) for v in (prepared.a, prepared.b, fy))
     if a255.ndim == 2:
         out = fusion_metrics(f255, a255, b255)
-    else:
-        keep = [z for z in range(a255.shape[0]) if a255[z].any() or b255[z].any()]
-        if len(keep) > max_slices:
-            keep = [keep[i] for i in np.linspace(0, len(keep) - 1, max_slices).round().astype(int)]
-        if not keep:
-            raise ValueError("both volumes are empty; nothing to evaluate")
-        per = [fusion_metrics(f255[z], a255[z], b255[z]) for z in keep]
-        out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    else:  # the slices with content, at most max_slices (metrics.scored_slices: the widget's rule too)
+        out = volume_fusion_metrics(f255, a255, b255, max_slices=max_slices, names=(sa.name, sb.name))
     if labels is not None and truth is not None:
         lab = np.asarray(as_input(labels, "labels").data)
         tru = np.asarray(as_input(truth, "truth").data)

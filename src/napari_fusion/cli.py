@@ -450,10 +450,17 @@ def _count(text: str) -> int:
     return n
 
 
+def _tile_size(text: str) -> int | None:
+    """argparse type for --tile: ``auto`` (None: automatic), 0 (never tile) or a size in pixels."""
+    if text.strip().lower() == "auto":
+        return None
+    return _count(text)
+
+
 def _common(p: argparse.ArgumentParser, method_default: str | None = None, batch: bool = True) -> None:
     p.add_argument("--method", "-m", default=method_default, help="registered method name (see `napari-fusion methods`)" + ("" if method_default else "; default: the default method"))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU; $NAPARI_FUSION_DEVICE overrides), cpu, cuda, cuda:N, mps")
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: above ~4 Mpx, or the method's preferred CPU tile; 0: never)")
+    p.add_argument("--tile", type=_tile_size, default=None, help="tile size in pixels; auto (default): above ~4 Mpx, or the method's preferred CPU tile; 0: never tile")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist (default: skip them)")
     p.add_argument("--format", default=None, help="output extension, e.g. .tif (default: A's format; JPEG becomes PNG)")
     if batch:
@@ -506,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, help="output folder: NAME.txt per pair (class cx cy w h, normalised) and classes.txt")
     p.add_argument("--method", "-m", default=None, help="a segmenting method (see `napari-fusion methods`); YOLO class k is its label k+1")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: automatic; 0: never)")
+    p.add_argument("--tile", type=_tile_size, default=None, help="tile size in pixels; auto (default): automatic; 0: never tile")
     p.add_argument("--min-area", type=_count, default=16, help="drop objects smaller than this many pixels (default 16)")
     p.add_argument("--truth", default=None, help="folder of true YOLO boxes NAME.txt: print AP@0.5 per class and mAP@0.5")
     p.add_argument("--scores", action="store_true", help="write each box's score as a 6th column")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .fusion import (
     METRIC_DESCRIPTIONS,
+    MAX_VOLUME_SLICES,
     METRIC_NAMES,
     QABF_MAX,
     VIF_MIN_SIZE,
@@ -16,10 +17,12 @@ from .fusion import (
     mutual_information,
     qabf,
     scd,
+    scored_slices,
     spatial_frequency,
     ssim,
     std,
     vif,
+    volume_fusion_metrics,
 )
 from .segmentation import confusion_matrix, per_class_scores, segmentation_metrics
 
@@ -29,6 +32,9 @@ __all__ = [
     "QABF_MAX",
     "VIF_MIN_SIZE",
     "fusion_metrics",
+    "volume_fusion_metrics",
+    "scored_slices",
+    "MAX_VOLUME_SLICES",
     "segmentation_metrics",
     "confusion_matrix",
     "per_class_scores",

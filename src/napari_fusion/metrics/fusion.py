@@ -32,6 +32,9 @@ __all__ = [
     "METRIC_NAMES",
     "METRIC_DESCRIPTIONS",
     "fusion_metrics",
+    "volume_fusion_metrics",
+    "scored_slices",
+    "MAX_VOLUME_SLICES",
     "entropy",
     "std",
     "spatial_frequency",
@@ -379,3 +382,45 @@ def fusion_metrics(fused, a, b, which: Iterable[str] | str | None = None) -> dic
     names = _pick(which)
     f, x, y = _as_triplet(fused, a, b)  # validate once, with the three names
     return {n: float(_FUNCS[n](f, x, y)) for n in names}
+
+
+MAX_VOLUME_SLICES = 16
+"""Most slices of a volume the fusion metrics are averaged over (spread evenly over the volume)."""
+
+
+def scored_slices(a, b, max_slices: int | None = MAX_VOLUME_SLICES) -> list[int]:
+    """The slices (axis 0) of a volume pair that its fusion metrics are averaged over.
+
+    A slice counts when A or B varies on it: a constant slice (background outside a head, padding)
+    has no edges, detail or information for a fusion to keep, and several metrics are undefined on
+    it. With more than ``max_slices`` such slices, ``max_slices`` of them spread evenly from the first
+    to the last are kept (None: all). The one rule of the API, the CLI and the Evaluate widget.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape[:1] != b.shape[:1]:
+        raise ValueError(f"volumes with {a.shape[0]} and {b.shape[0]} slices")
+    keep = [z for z in range(a.shape[0]) if a[z].max() > a[z].min() or b[z].max() > b[z].min()]
+    if max_slices is not None and len(keep) > int(max_slices):
+        if int(max_slices) < 1:
+            raise ValueError(f"max_slices must be 1 or more (or None for all), not {max_slices}")
+        keep = [keep[i] for i in np.linspace(0, len(keep) - 1, int(max_slices)).round().astype(int)]
+    return keep
+
+
+def volume_fusion_metrics(
+    fused,
+    a,
+    b,
+    which: Iterable[str] | str | None = None,
+    *,
+    max_slices: int | None = MAX_VOLUME_SLICES,
+    names: tuple[str, str] = ("A", "B"),
+) -> dict[str, float]:
+    """:func:`fusion_metrics` of a volume (slices along axis 0, 0..255 like the 2-D case): the mean
+    over :func:`scored_slices`. Raises ValueError, naming the sources, when both are constant on every
+    slice."""
+    keep = scored_slices(a, b, max_slices)
+    if not keep:
+        raise ValueError(f"source A {names[0]!r} and source B {names[1]!r} are constant: nothing to evaluate")
+    per = [fusion_metrics(fused[z], a[z], b[z], which) for z in keep]
+    return {k: float(np.mean([p[k] for p in per])) for k in per[0]}

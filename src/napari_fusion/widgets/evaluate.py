@@ -127,12 +127,12 @@ def score(inputs: dict) -> dict[str, float]:
     brought onto A's grid, colour to BT.601 Y, each source's intensity mapping), and the fused image,
     which lies in A's range (the multispectral range for pan-sharpened bands), is mapped back to unit
     with that same mapping, so a fused image equal to A scores exactly as A does. Volumes are scored
-    slice by slice (slices with content) and averaged.
+    slice by slice and averaged over :func:`napari_fusion.metrics.scored_slices` (the API's slices).
     """
     from ..api import label_scores
     from ..color import rgb_to_ycbcr, to_unit
     from ..engine.pipeline import prepare_pair
-    from ..metrics import fusion_metrics
+    from ..metrics import fusion_metrics, volume_fusion_metrics
 
     prep = prepare_pair(inputs["a"], inputs["b"], **inputs["source_kw"])
     uf, _ = to_unit(np.asarray(inputs["fused"]), prep.intensity)
@@ -143,12 +143,8 @@ def score(inputs: dict) -> dict[str, float]:
     to255 = lambda u: np.round(np.clip(u, 0.0, 1.0) * 255.0)  # noqa: E731 - as an 8-bit file would hold it
     yf, ya, yb = to255(uf), to255(prep.a), to255(prep.b)
     out: dict[str, float] = {}
-    if ya.ndim == 3:
-        per = [fusion_metrics(yf[z], ya[z], yb[z]) for z in range(ya.shape[0]) if ya[z].std() > 0 or yb[z].std() > 0]
-        if not per:
-            na, nb = inputs["names"]
-            raise ValueError(f"source A {na!r} and source B {nb!r} are constant: nothing to evaluate")
-        out.update({k: float(np.mean([p[k] for p in per])) for k in per[0]})
+    if ya.ndim == 3:  # the slices with content, at most 16 (metrics.scored_slices: the API's rule too)
+        out.update(volume_fusion_metrics(yf, ya, yb, names=tuple(inputs["names"])))
     else:
         out.update({k: float(v) for k, v in fusion_metrics(yf, ya, yb).items()})
     pred, gt = inputs["pred"], inputs["truth"]

@@ -182,7 +182,7 @@ class FusionWidget(QWidget):
             notify_error("Enhance needs an image layer: choose source A")
             return None
         image = layer_array(a)
-        kw = dict(device=self.device.device(), tile=self.tile.value() or None)
+        kw = dict(device=self.device.device(), tile=self.tile.tile())
         try:
             kw.update(grid=grid_of(a), rgb=bool(getattr(a, "rgb", False)))
         except Exception as err:  # noqa: BLE001
