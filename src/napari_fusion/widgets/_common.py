@@ -412,67 +412,6 @@ class TileSpinBox(QSpinBox):
         self.setValue(max(self.minimum(), min(self.maximum(), v)))
 
 
-class TileSpinBox(QSpinBox):
-    """Tile size picker with the engine's meaning everywhere: ``auto`` (:meth:`tile` None: the
-    engine decides), ``never`` (0: one pass, never tiled) or ``N px`` tiles. Steps go
-    auto, never, 128, 256, ... (``step``); typing a number or ``auto``/``never`` works too."""
-
-    AUTO = -1
-    WORDS = {AUTO: "auto", 0: "never"}
-
-    def __init__(self, parent=None, *, maximum: int = 16384, step: int = 128) -> None:
-        super().__init__(parent)
-        self.setRange(self.AUTO, int(maximum))
-        self.setSingleStep(int(step))
-        self.setValue(self.AUTO)
-
-    def tile(self) -> int | None:
-        """The engine's ``tile``: None (automatic), 0 (never) or the tile side in pixels."""
-        v = int(self.value())
-        return None if v == self.AUTO else v
-
-    def setTile(self, tile: int | None) -> None:  # noqa: N802 - Qt-style name next to setValue
-        self.setValue(self.AUTO if tile is None else max(0, int(tile)))
-
-    # --- display and parsing -------------------------------------------------------------------
-    def textFromValue(self, value: int) -> str:  # noqa: N802 - Qt's name
-        return self.WORDS.get(int(value), f"{int(value)} px")
-
-    def _parse(self, text: str) -> int | None:
-        t = text.strip().lower()
-        for v, word in self.WORDS.items():
-            if t == word:
-                return v
-        t = t.removesuffix("px").strip()
-        return int(t) if t.isdigit() else None
-
-    def valueFromText(self, text: str) -> int:  # noqa: N802 - Qt's name
-        v = self._parse(text)
-        return self.AUTO if v is None else v
-
-    def validate(self, text: str, pos: int):
-        t = text.strip().lower()
-        v = self._parse(text)
-        if v is not None and self.minimum() <= v <= self.maximum():
-            state = QValidator.State.Acceptable
-        elif t == "" or any(w.startswith(t) for w in self.WORDS.values()) or t.removesuffix("p").strip().isdigit() or t.endswith(" "):
-            state = QValidator.State.Intermediate
-        else:
-            state = QValidator.State.Invalid
-        like = super().validate(text, pos)  # PyQt returns (state, text, pos), PySide the state
-        return (state, text, pos) if isinstance(like, tuple) else state
-
-    def stepBy(self, steps: int) -> None:  # noqa: N802 - Qt's name
-        # auto -> never -> step -> 2*step ...: the words are steps of their own, sizes stay multiples
-        v, step = int(self.value()), int(self.singleStep())
-        for _ in range(abs(int(steps))):
-            if steps > 0:
-                v = 0 if v == self.AUTO else (v // step + 1) * step
-            else:
-                v = self.AUTO if v <= 0 else (0 if v <= step else ((v - 1) // step) * step)
-        self.setValue(max(self.minimum(), min(self.maximum(), v)))
-
-
 def result_kind(data: np.ndarray, like) -> str:
     """How a fused array relates to source A's layer: ``"gray"``, ``"rgb"`` (last axis colour) or
     ``"bands"`` (bands-first stack, from a multi-band source B)."""
