@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
+    QGridLayout,
     QHeaderView,
     QLabel,
     QPushButton,
@@ -36,7 +36,6 @@ from ._common import (
     default_pair,
     error_text,
     fused_sources,
-    is_result,
     layer_array,
     notify_error,
     notify_info,
@@ -209,9 +208,6 @@ class EvaluateWidget(QWidget):
         self.copy_button.setToolTip("copy the table to the clipboard (tab-separated, pastes into spreadsheets)")
         self.export_button = QPushButton("Export CSV…")
         self.clear_button = QPushButton("Clear")
-        for w in (self.evaluate_button, self.copy_button, self.export_button, self.clear_button):
-            w.setMinimumWidth(0)  # the row may get narrow in a narrow dock rather than clip
-            w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.progress = ProgressBar()
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -240,9 +236,11 @@ class EvaluateWidget(QWidget):
         form.addRow("Prediction", self.prediction)
         form.addRow("Ground truth", self.truth)
         form.addRow("", self.ignore_unpainted)
-        buttons = QHBoxLayout()
-        for w in (self.evaluate_button, self.copy_button, self.export_button, self.clear_button):
-            buttons.addWidget(w)
+        buttons = QGridLayout()  # two rows of two: fits a narrow dock without clipping a label
+        buttons.addWidget(self.evaluate_button, 0, 0)
+        buttons.addWidget(self.clear_button, 0, 1)
+        buttons.addWidget(self.copy_button, 1, 0)
+        buttons.addWidget(self.export_button, 1, 1)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
