@@ -21,7 +21,7 @@ import pytest
 # ``make_napari_viewer`` depend on it): a test using any of them needs a display.
 _QT_FIXTURES = frozenset({"qapp", "qtbot", "make_napari_viewer", "make_napari_viewer_proxy"})
 _GUI_SKIPPED = pytest.StashKey[tuple]()  # (how many, why), for the terminal summary
-_APT_LINE = "apt-get install -y xvfb libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 ..."
+_APT_LINE = "apt-get install -y xvfb libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 ..., the full line in README.md"
 
 
 def _x_server_answers(display: str) -> bool:
