@@ -403,38 +403,62 @@ def finetune(
     b: Any,
     sparse_labels: Any,
     *,
-    steps: int = 60,
+    steps: int = 0,
     lr: float | None = None,
     progress: Callable[[Any], Any] | None = None,
     device: str = "auto",
     class_names: Any = None,
+    class_colors: Any = None,
     **kw: Any,
 ) -> Any:
-    """Fine-tune a learned method on painted labels (0 = unpainted); returns a NEW runner.
+    """Adapt a method to painted labels (0 = unpainted); returns a NEW tuned runner.
 
-    ``model``: a method name (e.g. ``"tdfusion"``) or a runner. ``a``/``b`` are brought onto one grid
-    and to unit gray/Y exactly as :func:`fuse` does; ``sparse_labels`` lies on A's grid. The tuned
-    runner fuses through :func:`fuse` like any method and is saved with :func:`save_model`.
-    ``lr=None`` chooses the rate (small for corrections to a model that already labels the strokes
-    mostly right, larger for a new task; see ``training.finetune.auto_lr``). Example::
+    ``steps=0`` (the default) gives the instant result: a pixel head fitted in about a second on
+    filter features of A, B and the model's fused image; the fusion is untouched. ``steps=N`` then
+    runs N steps of the model's task-driven training on the painted pixels (TDFusion's bi-level loop,
+    MultiTaskVIF's joint loss) and refits the head on the adapted fused image. The class table of the
+    result is exactly the painted classes, named by ``class_names`` (``{value: name}``) or, for a
+    napari Labels layer, by its ``features`` (a ``name`` or ``class`` column). ``a``/``b`` are brought
+    onto one grid and intensity range exactly as :func:`fuse` does. ``lr=None`` chooses the rate of the
+    task-driven steps (see ``training.finetune.auto_lr``). ``progress`` receives each
+    ``task.loop.TuneProgress``. Example::
 
-        tuned = finetune("tdfusion", ir, vi, viewer.layers["Labels"].data, steps=60)
-        fused = fuse(ir, vi, tuned)
+        tuned = finetune("tdfusion", ir, vi, viewer.layers["Labels"])        # instant
+        tuned = finetune("tdfusion", ir, vi, viewer.layers["Labels"], steps=30)
+        res = fuse(ir, vi, tuned, full=True); res.labels, res.classes
     """
     from .engine.device import resolve_device
-    from .training.finetune import finetune_steps
+    from .task.loop import base_of, tune_steps
 
     runner, _, _ = resolve_runner(model, device)
     sa, sb = as_input(a, "A"), as_input(b, "B")
     prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis,
-                            input_intensity=input_intensity_of(runner))
+                            input_intensity=input_intensity_of(base_of(runner)), names=(sa.name, sb.name))
     if prepared.kind == "volume":
         raise ValueError("fine-tuning takes 2-D images; pick one slice of the volumes")
-    lab = np.asarray(as_input(sparse_labels, "labels").data)
+    lab_in = as_input(sparse_labels, "labels")
+    lab = np.asarray(lab_in.data)
     if lab.shape != prepared.shape:
-        raise ValueError(f"painted labels are {lab.shape} but source A is {prepared.shape}; paint on A's grid")
-    gen = finetune_steps(runner, prepared.a, prepared.b, lab, steps=steps, lr=lr, class_names=class_names, device=resolve_device(device), **kw)
+        raise ValueError(f"painted labels {lab_in.name!r} are {lab.shape} but source A is {prepared.shape}; paint on A's grid")
+    if class_names is None and lab_in.layer is not None:
+        class_names = painted_class_names(lab_in.layer)
+    if class_names is not None and not isinstance(class_names, dict):
+        class_names = {i: str(n) for i, n in enumerate(class_names)}
+    gen = tune_steps(runner, prepared.a, prepared.b, lab, steps=steps, lr=lr, class_names=class_names, class_colors=class_colors,
+                     device=resolve_device(device), **kw)
     return _drain(gen, progress)
+
+
+def painted_class_names(layer: Any) -> dict[int, str] | None:
+    """``{value: name}`` from a Labels layer's ``features`` table (a ``name`` or ``class`` column), if any."""
+    feats = getattr(layer, "features", None)
+    if feats is None or len(feats) == 0:
+        return None
+    col = next((c for c in ("name", "class", "class_name", "label") if c in feats.columns), None)
+    if col is None:
+        return None
+    index = feats["index"] if "index" in feats.columns else range(len(feats))
+    return {int(i): str(n) for i, n in zip(index, feats[col]) if str(n) and str(n) != "nan"}
 
 
 def load_model(path: str | os.PathLike, device: str = "auto") -> Any:

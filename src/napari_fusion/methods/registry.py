@@ -181,7 +181,21 @@ def runner_from_file(path: str | Path, device: str = "cpu"):
     if family not in _FAMILIES:
         known = ", ".join(_FAMILIES) or "none"
         raise ModelFileError(f"{path} holds a {family!r:.80} model; this napari-fusion knows: {known}")
-    return rebuild_from_file(path, family, _FAMILIES[family], device, meta=meta)
+    return rebuild_from_file(path, family, _with_head(_FAMILIES[family]), device, meta=meta)
+
+
+def _with_head(from_bundle: Callable[..., Any]) -> Callable[..., Any]:
+    """``from_bundle`` of a family, for files that may also hold a task head (``head.*`` tensors)."""
+
+    def build(tensors, meta, device):
+        if not meta.get("head"):
+            return from_bundle(tensors, meta, device)
+        from ..task.tuned import attach_head, split_head_tensors
+
+        base_tensors, head_tensors = split_head_tensors(tensors)
+        return attach_head(from_bundle(base_tensors, meta, device), head_tensors, meta)
+
+    return build
 
 
 def default_method() -> str:

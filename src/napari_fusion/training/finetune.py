@@ -68,6 +68,7 @@ class FinetuneProgress:
     fusion_loss: float
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    model: Any = None  # the copy being trained (between steps: show its fused image and labels so far)
 
 
 def check_sparse_labels(sparse_labels, shape: tuple[int, ...], name: str = "painted labels") -> np.ndarray:
@@ -361,7 +362,7 @@ def _finetune_tdfusion(
             yield FinetuneProgress(
                 step=i + 1, steps=steps, task_loss=float(row.get("task", float("nan"))),
                 fusion_loss=float(row.get("fusion", float("nan"))), seconds=time.time() - t0,
-                extra={k: v for k, v in row.items() if k not in ("step", "task", "fusion")},
+                extra={k: v for k, v in row.items() if k not in ("step", "task", "fusion")}, model=new,
             )
     trainer.finish()
     base = runner.meta.get("base") or runner.name

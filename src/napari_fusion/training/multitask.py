@@ -432,6 +432,7 @@ def _finetune(
             yield FinetuneProgress(
                 step=i + 1, steps=steps, task_loss=float(row["seg"]), fusion_loss=float(row["fusion"]),
                 seconds=time.time() - t0, extra={k: v for k, v in row.items() if k not in ("step", "seg", "fusion")},
+                model=new,
             )
     trainer.finish()
     base = new.meta.get("base") or runner.name

@@ -1,0 +1,165 @@
+"""The two-speed task loop behind ``napari_fusion.finetune`` and the Fine-tune widget.
+
+1. **Instant result**: the model's fused image, filter features of A, B and the fused image, a
+   :class:`~.head.PixelHead` fitted on the painted pixels: labels in about a second.
+2. **Then the fusion adapts** (``steps > 0``): the model's own task-driven training on the painted
+   pixels (:func:`napari_fusion.training.finetune.finetune_steps`: TDFusion's bi-level loop, where the
+   loss module is meta-learned so that the task loss after a fusion update is small; MultiTaskVIF's
+   joint loss). Every ``refresh_seconds`` the head is refitted on the adapted fused image and a
+   result is yielded, so a viewer can show the fused image and labels as they improve.
+
+Both stages yield :class:`TuneProgress`; the generator returns the final :class:`~.tuned.TunedRunner`.
+Stop iterating to stop: the last yielded ``runner`` is a complete model (Stop keeps it, Cancel
+drops it); the model given is never modified.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generator, Mapping
+
+import numpy as np
+
+from .features import pixel_features
+from .head import fit_head
+from .tuned import TunedRunner
+
+__all__ = ["TuneProgress", "tune_steps", "base_of"]
+
+
+@dataclass
+class TuneProgress:
+    """One update: ``stage`` "instant", "adapting" (a training step) or "refreshed" (new result)."""
+
+    stage: str
+    step: int
+    steps: int
+    seconds: float
+    task_loss: float = float("nan")
+    fusion_loss: float = float("nan")
+    runner: TunedRunner | None = None  # a complete tuned model (stages "instant" and "refreshed")
+    fused: np.ndarray | None = None  # unit fused image of ``runner``
+    labels: np.ndarray | None = None  # int32 labels of ``runner`` (painted values)
+
+    @property
+    def done(self) -> int:  # for progress bars (engine.Progress-like)
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return max(self.steps, 1)
+
+
+def base_of(runner: Any) -> Any:
+    """The fusion model under a tuned one (tuning a tuned model refits on its base)."""
+    return runner.base if isinstance(runner, TunedRunner) else runner
+
+
+@contextmanager
+def _inference(model: Any):
+    """Run a model that is being trained in eval mode for a moment, then put its modes back."""
+    mods = list(getattr(model, "modules", {}).values())
+    modes = [m.training for m in mods]
+    try:
+        yield
+    finally:
+        for m, t in zip(mods, modes):
+            m.train(t)
+
+
+def _fit(base, a, b, labels, head_kw):
+    fused = np.asarray(base.fuse(a, b), np.float32)
+    feats = pixel_features(a, b, fused, device=getattr(base, "device", "cpu"))
+    head = fit_head(feats, labels, **head_kw)
+    return TunedRunner(base, head), fused, head.predict(feats)
+
+
+def tune_steps(
+    runner: Any,
+    a: np.ndarray,
+    b: np.ndarray,
+    sparse_labels: np.ndarray,
+    *,
+    steps: int = 0,
+    lr: float | None = None,
+    class_names: Mapping[int, str] | None = None,
+    class_colors: Mapping[int, str] | None = None,
+    background_value: int | None = None,
+    device: Any = None,
+    refresh_seconds: float = 5.0,
+    seed: int = 0,
+    **train_kw: Any,
+) -> Generator[TuneProgress, None, TunedRunner]:
+    """Instant head on the painted pixels, then ``steps`` task-driven steps of the fusion model.
+
+    ``a``, ``b``: unit 2-D sources of one shape (as the engine prepares them); ``sparse_labels``: 0 =
+    unpainted, v > 0 = class v; ``background_value`` means class 0. Raises (when called) for bad
+    labels, a single painted class, or ``steps > 0`` on a model that cannot be trained.
+    """
+    from ..training.finetune import check_sparse_labels, finetune_steps
+
+    labels = check_sparse_labels(sparse_labels, np.shape(a))
+    base = base_of(runner)
+    head_kw = {"background_value": background_value, "class_names": class_names, "class_colors": class_colors, "seed": seed}
+    classes = {0 if v == background_value else int(v) for v in np.unique(labels) if v != 0}
+    if len(classes) < 2:
+        what = f"only class {classes.pop()} is painted" if classes else "nothing is painted"
+        raise ValueError(f"{what}; paint at least two classes (for example the object and its surroundings)")
+    train = None
+    if int(steps) > 0:
+        net_labels, net_bg = _network_labels(base, labels, background_value)
+        train = finetune_steps(base, a, b, net_labels, steps=int(steps), lr=lr, class_names=class_names if net_bg is background_value else None,
+                               device=device, background_value=net_bg, seed=seed, **train_kw)
+    return (yield from _run(base, a, b, labels, head_kw, train, int(steps), refresh_seconds))
+
+
+MAX_NETWORK_CLASS = 64  # painted values above this are renumbered for the network (its head has one output per value)
+
+
+def _network_labels(base, labels: np.ndarray, background_value: int | None) -> tuple[np.ndarray, int | None]:
+    """Painted values as the fusion model's task network trains on them.
+
+    Values a model may already know (up to :data:`MAX_NETWORK_CLASS`) are kept; otherwise the
+    painted values are renumbered 1..K (and the background K+1), so painting class 10000 costs what
+    class 2 costs. The head always answers with the painted values themselves.
+    """
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    if max(values) <= MAX_NETWORK_CLASS:
+        return labels, background_value
+    classes = [v for v in values if v != background_value]
+    lut = {v: i + 1 for i, v in enumerate(classes)}
+    out = np.zeros(labels.shape, np.int64)
+    for v, i in lut.items():
+        out[labels == v] = i
+    bg = None
+    if background_value is not None and background_value in values:
+        bg = len(classes) + 1
+        out[labels == background_value] = bg
+    return out, bg
+
+
+def _run(base, a, b, labels, head_kw, train, steps, refresh_seconds) -> Generator[TuneProgress, None, TunedRunner]:
+    t0 = time.perf_counter()
+    tuned, fused, lab = _fit(base, a, b, labels, head_kw)
+    yield TuneProgress("instant", 0, steps, time.perf_counter() - t0, runner=tuned, fused=fused, labels=lab)
+    if train is None:
+        return tuned
+    last_refresh = time.perf_counter()
+    model = None
+    while True:
+        try:
+            p = next(train)
+        except StopIteration as stop:
+            model = stop.value
+            break
+        model = p.model
+        yield TuneProgress("adapting", p.step, steps, time.perf_counter() - t0, p.task_loss, p.fusion_loss)
+        if model is not None and p.step < steps and time.perf_counter() - last_refresh >= refresh_seconds:
+            with _inference(model):
+                tuned, fused, lab = _fit(model, a, b, labels, head_kw)
+            yield TuneProgress("refreshed", p.step, steps, time.perf_counter() - t0, p.task_loss, p.fusion_loss, tuned, fused, lab)
+            last_refresh = time.perf_counter()
+    tuned, fused, lab = _fit(model, a, b, labels, head_kw)
+    yield TuneProgress("refreshed", steps, steps, time.perf_counter() - t0, runner=tuned, fused=fused, labels=lab)
+    return tuned
