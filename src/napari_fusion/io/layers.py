@@ -253,7 +253,12 @@ def grid_of_layer(layer: Any, shape: Any = None, *, channel_axis: int | None = N
     transform axes kept are the layer's axes except the bands axis (``channel_axis``, default
     :func:`channel_axis_of`); when that still leaves more axes than ``shape`` has, the trailing ones.
     """
-    n_layer = layer_ndim(layer)
+    try:
+        n_layer = layer_ndim(layer)
+    except ValueError:  # no data, ndim or scale: the shape's axes, untransformed
+        if shape is None:
+            raise
+        n_layer = len(tuple(shape))
     if channel_axis is None:
         channel_axis = channel_axis_of(layer)
     spatial = tuple(int(s) for s in (spatial_shape_of(layer, channel_axis) if shape is None else shape))
