@@ -92,6 +92,22 @@ def test_defaults_follow_results_until_the_user_chooses(make_napari_viewer, samp
     assert ev.fused.currentText() == "laplacian (ir + vi)" and not ev.fused.user_chosen
 
 
+def test_a_user_choice_of_one_source_brings_the_other(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("a0", "a1", "a2"):
+        viewer.add_image(np.zeros((20, 30), np.float32), name=name)
+    docks = _docks(viewer)
+    fw, seg = docks["Fusion"], docks["Segment"]
+    assert _choices(fw) == {"source_a": "a0", "source_b": "a1"}
+    fw.source_a.set_layer("a1")  # B goes with it: the lowest other layer
+    assert _choices(fw) == {"source_a": "a1", "source_b": "a0"}
+    fw.source_b.set_layer("a2")
+    viewer.add_image(np.zeros((20, 30), np.float32), name="a3")
+    assert _choices(fw) == {"source_a": "a1", "source_b": "a2"}  # both the user's: kept
+    seg.source_a.set_layer(None)  # no pair: B follows, the lowest image is segmented alone
+    assert _choices(seg) == {"source_a": "(none)", "source_b": "(none)", "image": "a0"}
+
+
 def test_segment_defaults_to_the_one_image_and_a_user_image_clears_the_pair(make_napari_viewer):
     viewer = make_napari_viewer()
     seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]

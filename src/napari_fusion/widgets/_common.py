@@ -907,8 +907,8 @@ def default_pair(combo_a: LayerCombo, combo_b: LayerCombo) -> None:
     b_user = combo_b.layer() if combo_b.user_chosen else None
     if combo_a.user_chosen:
         a = combo_a.layer()
-        if a is not None and b_user is None:
-            b = _default_b(combo_b, a)
+        if b_user is None:
+            b = _default_b(combo_b, a) if a is not None else None  # A set to (none): no pair
             if b is not None or combo_b.optional:
                 combo_b.choose_default(b)
         return
@@ -986,7 +986,10 @@ def pick_default_pair(combo_a: LayerCombo, combo_b: LayerCombo, *, follow: bool 
             combo_b.refresh()
             default_pair(combo_a, combo_b)
 
-    combo_a._follow_defaults = FollowDefaults(viewer, pick, combo_a)
+    follower = FollowDefaults(viewer, pick, combo_a)
+    combo_a._follow_defaults = follower
+    for combo in (combo_a, combo_b):  # a user's choice of one: the other goes with it
+        combo.currentIndexChanged.connect(follower.apply)
 
 
 @dataclass
@@ -1251,7 +1254,8 @@ class ProgressBar(QProgressBar):
         if self._busy_text is None:
             return super().text()
         secs = self._clock.elapsed() // 1000 if self._clock.isValid() else 0
-        return f"{self._busy_text} … {secs} s" if secs >= 1 else f"{self._busy_text} …"
+        text = self._busy_text.rstrip(" .…")
+        return f"{text} … {secs} s" if secs >= 1 else f"{text} …"
 
     def busy_text(self) -> str | None:
         """The stage a busy (indeterminate) bar shows, or None while the bar counts."""

@@ -253,6 +253,8 @@ class EvaluateWidget(QWidget):
         self.export_button.clicked.connect(lambda: self.export_csv())
         self.clear_button.clicked.connect(self.clear)
         self._defaults = FollowDefaults(napari_viewer, self._pick_defaults, self)
+        for combo in (self.source_a, self.source_b):  # a user's choice of one: the other goes with it
+            combo.currentIndexChanged.connect(self._defaults.apply)
         self._follow_fused()
         self._follow_truth()
 
