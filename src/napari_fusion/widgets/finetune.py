@@ -1,26 +1,41 @@
-"""The Fine-tune dock widget: paint a few strokes of classes over the sources, fine-tune the
-task-driven fusion on them, see the fused image and the segmentation update; reset, save and load
-tuned models."""
+"""The Fine-tune dock widget: paint strokes of a few classes over a pair, and a segmentation learned
+from them appears within seconds, then improves while the fusion adapts to the task.
+
+A thin view over :func:`napari_fusion.task.loop.tune_steps` (the two-speed loop of the console
+API's ``finetune``): **Fine-tune** shows the *instant* result (a pixel head on filter features of A,
+B and the fused image) as soon as it is there, then, for ``Steps > 0`` on a trainable model
+(TDFusion, MultiTaskVIF), refreshes the fused image and the labels every few seconds while the
+fusion trains on the painted pixels. **Stop** keeps the result shown so far, **Cancel** puts the
+layers and the chosen model back as they were before the click. **Live** refits the head (only) in
+the background each time a stroke is finished, like ilastik's live update. The widget owns its
+result layers, named after the tuned model and its inputs (``"tdfusion tuned (ir + vi)"``,
+``"tdfusion tuned labels (ir + vi)"``); Reset removes them.
+"""
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from ._common import (
-    same_layer,
     META_KEY,
     DeviceCombo,
     LayerCombo,
@@ -28,6 +43,7 @@ from ._common import (
     ModelEntry,
     ProgressBar,
     Task,
+    _alive,
     class_features,
     classes_of,
     error_text,
@@ -41,37 +57,31 @@ from ._common import (
     place_image,
     place_labels,
     result_kind,
+    same_layer,
     shelf_for,
     source_kwargs,
     spatial_ndim,
     spatial_shape,
+    unwrap,
 )
 
-__all__ = ["FinetuneWidget", "FINETUNE_FAMILIES", "DEFAULT_STEPS", "DEFAULT_LR"]
+__all__ = ["FinetuneWidget", "FINETUNE_FAMILIES", "DEFAULT_STEPS", "DEFAULT_LR", "LIVE_DELAY_MS"]
 
-FINETUNE_FAMILIES = ("TDFusion", "MultiTaskVIF")  # families with a task head to tune from strokes
+FINETUNE_FAMILIES = ("TDFusion", "MultiTaskVIF")  # families whose fusion trains on the strokes (Steps > 0)
 DEFAULT_STEPS = 30
 DEFAULT_LR = 0.0  # shown as "auto": training.finetune.auto_lr picks the rate
+LIVE_DELAY_MS = 500  # Live: refit this long after the last finished stroke
+REFRESH_SECONDS = 5.0  # while the fusion adapts: new fused image + labels at most this often
 MODEL_FILTER = "napari-fusion model (*.safetensors);;All files (*)"
+MADE_BY = "fine-tune"  # metadata[META_KEY]["made_by"] of the layers this widget owns
 
 
-def _finetunable(method) -> bool:
-    return bool(method.learned) and (method.family in FINETUNE_FAMILIES or bool(method.extra.get("finetune")))
+def _learned(method) -> bool:
+    return bool(method.learned)
 
 
 def _shape_text(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
-
-
-def _painted_class_names(layer) -> dict[int, str] | None:
-    """Class names a user gave the painted Labels layer (its ``features`` index/class|name)."""
-    feats = getattr(layer, "features", None)
-    if feats is None or "index" not in getattr(feats, "columns", ()):
-        return None
-    col = "class" if "class" in feats.columns else ("name" if "name" in feats.columns else None)
-    if col is None:
-        return None
-    return {int(i): str(n) for i, n in zip(feats["index"], feats[col]) if int(i) != 0}
 
 
 def _painted_colors(layer, values) -> dict[int, str]:
@@ -81,39 +91,113 @@ def _painted_colors(layer, values) -> dict[int, str]:
     for v in values:
         try:
             rgba = np.asarray(layer.colormap.map(np.array([int(v)])), dtype=float).reshape(-1)[:3]
-        except Exception:  # noqa: BLE001 - an exotic colormap: keep the model's colours
+        except Exception:  # noqa: BLE001 - an exotic colormap: keep the default colours
             return {}
         out[int(v)] = "#" + "".join(f"{int(round(min(max(c, 0.0), 1.0) * 255)):02x}" for c in rgba)
     return out
 
 
-def _recolor(runner, colors: dict[int, str]) -> None:
-    """Give a (new, widget-owned) runner's classes the painted colours."""
-    classes = tuple(getattr(runner, "classes", None) or ())
-    if not classes or not colors:
-        return
-    from ..methods.registry import ClassInfo
+def _painted_names(layer) -> dict[int, str] | None:
+    """Class names from the strokes layer's ``features`` (what the console API reads too), without
+    napari's placeholder for 0."""
+    from ..api import painted_class_names
 
-    try:
-        runner.classes = tuple(ClassInfo(c.index, c.name, colors.get(int(c.index), c.color)) for c in classes)
-    except AttributeError:  # read-only classes: keep the model's colours
-        pass
+    names = painted_class_names(layer) or {}
+    names = {v: n for v, n in names.items() if v != 0}
+    return names or None
 
 
-def _painted_background(layer) -> int | None:
-    """The painted value a user named "background" (trains the model's class 0), if any."""
-    names = _painted_class_names(layer) or {}
-    hits = [v for v, n in names.items() if n.strip().lower() == "background" and v > 0]
+def _painted_background(names: dict[int, str] | None) -> int | None:
+    """The painted value a user named "background" (class 0 of the result), if any."""
+    hits = [v for v, n in (names or {}).items() if n.strip().lower() == "background" and v > 0]
     return hits[0] if hits else None
 
 
-class FinetuneWidget(QWidget):
-    """Fine-tune a task-driven model (TDFusion, MultiTaskVIF) from painted labels.
+def _trainable(runner_or_method) -> bool:
+    """Whether Steps > 0 can train the fusion of this model (a shipped method or a runner)."""
+    from ..task.loop import base_of
 
-    Painted pixels (label > 0) drive the task loss; unpainted pixels (0) are ignored. The tuned
-    model joins this viewer's models (offered by every widget), its fused image and segmentation
-    replace the previous ones in place, Reset goes back to the shipped model, Save/Load move tuned
-    models through one safetensors file.
+    family = getattr(runner_or_method, "family", None)
+    if family is None and not isinstance(runner_or_method, str):
+        family = getattr(base_of(runner_or_method), "family", None)
+    return family in FINETUNE_FAMILIES
+
+
+def _fingerprint(x) -> tuple:
+    """A cheap identity of a source's pixels (shape, dtype and a strided sample)."""
+    arr = np.asarray(x)
+    step = tuple(max(1, s // 48) for s in arr.shape[:2])
+    sample = np.ascontiguousarray(arr[:: step[0], :: step[1]] if arr.ndim >= 2 else arr)
+    return (arr.shape, str(arr.dtype), hash(sample.tobytes()))
+
+
+def _tuned_label(label: str) -> str:
+    """The label of a model tuned from ``label``: ``"tdfusion tuned"`` (a tuned one keeps its stem)."""
+    stem = re.sub(r" \d+$", "", label)
+    return stem if stem.endswith(" tuned") else f"{label} tuned"
+
+
+class _Shown:
+    """What one update puts into the layers: display fused image, labels, classes, grid."""
+
+    def __init__(self, p, fused, grid) -> None:
+        self.progress = p  # the core's TuneProgress
+        self.fused = fused  # display intensities (A's range, colour back), or None
+        self.grid = grid
+
+    @property
+    def labels(self):
+        return self.progress.labels
+
+    @property
+    def runner(self):
+        return self.progress.runner
+
+
+class _Cache:
+    """One model's work on one pair, kept between jobs so that Live refits only fit the head.
+
+    Used from one worker at a time (the widget never runs two jobs that use it at once)."""
+
+    def __init__(self) -> None:
+        self.runners: dict[tuple[str, str], Any] = {}  # shipped methods built once per device
+        self.key: tuple | None = None
+        self.base = None  # held so that the key's id() stays this model's
+        self.prepared = None
+        self.tune: dict = {}  # tune_steps(cache=...): fused image, the model's labels, features
+
+    def runner(self, label: str, device: str):
+        from ..methods.registry import build_runner
+
+        key = (label, str(device))
+        if key not in self.runners:
+            self.runners = {key: build_runner(label, device=device)}  # one at a time: memory
+        return self.runners[key]
+
+    def pair(self, base, xa, xb, src_kw: dict, names: tuple[str, str]):
+        """(prepared pair, tune cache dict) for this model and these sources."""
+        from ..engine.pipeline import input_intensity_of, prepare_pair
+        from ..task.loop import base_of
+
+        core = base_of(base)
+        key = (id(core), names, _fingerprint(xa), _fingerprint(xb), repr(src_kw))
+        if key != self.key:
+            self.prepared = prepare_pair(xa, xb, **src_kw, input_intensity=input_intensity_of(core), names=names)
+            self.key, self.base, self.tune = key, core, {}
+        return self.prepared, self.tune
+
+    def clear(self) -> None:
+        self.key = self.base = self.prepared = None
+        self.tune = {}
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a learned fusion model on painted strokes: instant labels, then the fusion adapts.
+
+    Painted pixels (label > 0) are the training data; unpainted pixels (0) are ignored. The tuned
+    model joins this viewer's models (offered by every widget); its fused image and labels go into
+    layers this widget owns (named after the tuned model and the sources); Reset removes them and
+    goes back to the shipped model; Save/Load move tuned models through one safetensors file.
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
@@ -122,11 +206,19 @@ class FinetuneWidget(QWidget):
 
         self.viewer = napari_viewer
         self.shelf = shelf_for(napari_viewer)
-        self.task: Task | None = None
+        self.task: Task | None = None  # Fine-tune / Apply
+        self.live_task: Task | None = None  # a Live refit
         self.last_result = None
         self.losses: list[tuple[int, float, float]] = []  # (step, task loss, fusion loss)
-        self._fused_name: str | None = None  # the layers this widget writes, updated in place
-        self._labels_name: str | None = None
+        self.updates: list[tuple[float, str]] = []  # (seconds since the click, stage) of each layer update
+        self._job: dict | None = None  # the running Fine-tune: targets, snapshot, last result, outcome
+        self._cache = _Cache()
+        self._live_gen = 0  # newest Live request; results of older ones only show if nothing newer did
+        self._live_shown = 0
+        self._live_pending = False
+        self._strokes_dirty = False  # strokes changed while a Fine-tune ran (Live refits after it)
+        self._watched = None  # the strokes layer whose events Live listens to
+        self._fused_of: dict[str, Any] = {}  # fused layer name -> the model whose fused image it shows
 
         self.source_a = LayerCombo(napari_viewer, (Image,))
         self.source_b = LayerCombo(napari_viewer, (Image,), predicate=self._b_compatible)
@@ -135,18 +227,11 @@ class FinetuneWidget(QWidget):
         self.strokes.setToolTip("a Labels layer with a few painted strokes per class (0 = unpainted)")
         self.new_strokes_button = QPushButton("New strokes layer")
         self.new_strokes_button.setToolTip("add an empty Labels layer on source A's grid to paint on")
-        self.model = MethodCombo(
-            napari_viewer,
-            method_filter=_finetunable,
-            entry_filter=lambda e: hasattr(e.runner, "to_bundle"),
-        )
+        self.model = MethodCombo(napari_viewer, method_filter=_learned, entry_filter=lambda e: hasattr(e.runner, "fuse"))
         self.steps = QSpinBox()
-        self.steps.setRange(1, 100000)
+        self.steps.setRange(0, 100000)
         self.steps.setValue(DEFAULT_STEPS)
-        self.steps.setToolTip(
-            "optimisation steps; on one CPU core a 480x640 pair takes ~2 s per step with TDFusion, "
-            "~0.2 s with MultiTaskVIF, and a few steps already change the result"
-        )
+        self.steps.setSpecialValueText("0 (head only)")
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(0.0, 1.0)
@@ -154,48 +239,70 @@ class FinetuneWidget(QWidget):
         self.lr.setSpecialValueText("auto")  # shown at 0
         self.lr.setValue(DEFAULT_LR)
         self.lr.setToolTip(
-            "learning rate of the fine-tuning optimiser; auto: 1e-4 for corrections to a model that already "
+            "learning rate of the fusion's training steps; auto: 1e-4 for corrections to a model that already "
             "labels most strokes right, 3e-4 (TDFusion) or 1e-3 (MultiTaskVIF) for a new task"
         )
         self.device = DeviceCombo()
+        self.live = QCheckBox("Live: refit as I paint")
+        self.live.setToolTip(
+            "after each finished stroke (0.5 s later), refit the labels on the chosen model's fused image "
+            "in the background (no fusion training); painting never waits for it"
+        )
 
         self.finetune_button = QPushButton("Fine-tune")
+        self.finetune_button.setToolTip("labels from the strokes within seconds, then Steps of fusion training")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("stop and keep the model and layers as last shown")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("stop and put the layers and the chosen model back as before")
         self.apply_button = QPushButton("Apply")
-        self.apply_button.setToolTip("run the chosen model on A + B and update the result layers")
+        self.apply_button.setToolTip("run the chosen model on A + B and show its results")
         self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("go back to the shipped model and its results")
+        self.reset_button.setToolTip("back to the shipped model; removes the tuned result layers of this widget")
         self.save_button = QPushButton("Save…")
         self.save_button.setToolTip("save the chosen tuned/loaded model to one .safetensors file")
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("load a napari-fusion model file (never runs code from the file)")
         self.progress = ProgressBar()
-        self.loss = QLabel("task loss –   fusion loss –")
+        self.loss = QLabel("")
+        self.loss.setWordWrap(True)
         self.loss.setStyleSheet("font-family: monospace;")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        for w in (self.loss, self.status):
+            w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
-        strokes_row = QVBoxLayout()
+        for combo in (self.source_a, self.source_b, self.strokes, self.model.combo, self.device):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
+        self.progress.setMinimumWidth(60)
+
+        strokes_box = QWidget()
+        strokes_row = QVBoxLayout(strokes_box)
+        strokes_row.setContentsMargins(0, 0, 0, 0)
         strokes_row.setSpacing(2)
         strokes_row.addWidget(self.strokes)
         strokes_row.addWidget(self.new_strokes_button)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Source A", self.source_a)
         form.addRow("Source B", self.source_b)
-        form.addRow("Painted labels", strokes_row)
+        form.addRow("Strokes", strokes_box)
         form.addRow("Model", self.model)
         form.addRow("Steps", self.steps)
         form.addRow("Learning rate", self.lr)
         form.addRow("Device", self.device)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.finetune_button)
-        run_row.addWidget(self.cancel_button)
+        form.addRow(self.live)
+        run_row = QGridLayout()
+        run_row.addWidget(self.finetune_button, 0, 0, 1, 2)
+        run_row.addWidget(self.stop_button, 1, 0)
+        run_row.addWidget(self.cancel_button, 1, 1)
         model_row = QGridLayout()
         model_row.addWidget(self.apply_button, 0, 0)
         model_row.addWidget(self.reset_button, 0, 1)
-        model_row.addWidget(self.save_button, 0, 2)
-        model_row.addWidget(self.load_button, 0, 3)
+        model_row.addWidget(self.save_button, 1, 0)
+        model_row.addWidget(self.load_button, 1, 1)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(run_row)
@@ -205,16 +312,26 @@ class FinetuneWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
 
-        self.finetune_button.clicked.connect(self.finetune)
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self.live_refit)
+
+        self.finetune_button.clicked.connect(lambda: self.finetune())
+        self.stop_button.clicked.connect(self.stop)
         self.cancel_button.clicked.connect(self.cancel)
         self.apply_button.clicked.connect(lambda: self.apply())
-        self.reset_button.clicked.connect(self.reset)
+        self.reset_button.clicked.connect(lambda: self.reset())
         self.save_button.clicked.connect(lambda: self.save())
         self.load_button.clicked.connect(lambda: self.load())
         self.new_strokes_button.clicked.connect(self.new_strokes_layer)
         self.model.changed.connect(self._update_buttons)
+        self.steps.valueChanged.connect(lambda *_: self._update_buttons())
+        self.strokes.currentIndexChanged.connect(lambda *_: self._watch_strokes())
+        self.live.toggled.connect(self._on_live_toggled)
         self._update_buttons()
         pick_default_pair(self.source_a, self.source_b)
+        self._watch_strokes()
 
     # ---------------------------------------------------------------------------------------------
     def _b_compatible(self, layer) -> bool:
@@ -228,18 +345,53 @@ class FinetuneWidget(QWidget):
 
     @property
     def running(self) -> bool:
+        """A Fine-tune or Apply job is running (Live refits do not count)."""
         return self.task is not None and self.task.running
+
+    @property
+    def live_running(self) -> bool:
+        return self.live_task is not None and self.live_task.running
+
+    def _model_trainable(self) -> bool:
+        entry = self.model.entry()
+        if entry is not None:
+            return _trainable(entry.runner)
+        label = self.model.label()
+        if not label:
+            return False
+        from ..methods.registry import get_method
+
+        try:
+            return get_method(label).family in FINETUNE_FAMILIES
+        except Exception:  # noqa: BLE001
+            return False
+
+    def effective_steps(self) -> int:
+        """The steps a click runs: 0 (head only) for a model whose fusion cannot be trained here."""
+        return int(self.steps.value()) if self._model_trainable() else 0
 
     def _update_buttons(self) -> None:
         running = self.running
+        closing = self._job is not None and self._job.get("outcome") is not None
         has_model = bool(self.model.label())
         for b in (self.finetune_button, self.apply_button, self.reset_button):
             b.setEnabled(not running and has_model)
         self.save_button.setEnabled(not running and self.model.entry() is not None)
         self.load_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+        tuning = running and self._job is not None and not closing
+        self.stop_button.setEnabled(tuning)
+        self.cancel_button.setEnabled(running and not closing)
+        trainable = self._model_trainable()
+        self.steps.setEnabled(trainable and not running)
+        self.lr.setEnabled(trainable and not running and self.steps.value() > 0)
+        self.steps.setToolTip(
+            "training steps of the fusion after the instant result (0: head only); on one CPU core a 480x640 "
+            "pair takes ~2 s per step with TDFusion, ~0.2 s with MultiTaskVIF"
+            if trainable
+            else "this model's fusion is not trained here: Fine-tune fits the labels head only"
+        )
         if not has_model:
-            self.status.setText("no fine-tunable model (TDFusion, MultiTaskVIF) is installed; load one")
+            self.status.setText("no learned fusion model is installed; load one")
 
     def current_entry(self) -> ModelEntry | None:
         """The tuned/loaded model chosen, or None when a shipped method is chosen."""
@@ -249,135 +401,456 @@ class FinetuneWidget(QWidget):
         """The shipped method the current model started from."""
         return self.model.base_name()
 
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.progress.setFormat("cancelling ...")
-
     # ---------------------------------------------------------------------------------------------
-    def _sources(self, what: str):
+    def _sources(self, what: str, quiet: bool = False):
+        say = (lambda m: None) if quiet else notify_error
         a, b = self.source_a.layer(), self.source_b.layer()
         if a is None or b is None:
-            notify_error(f"{what} needs two image layers: choose source A and source B")
+            say(f"{what} needs two image layers: choose source A and source B")
             return None
         if same_layer(a, b):
-            notify_error(f"source A and source B are the same layer {a.name!r}; choose two different sources")
+            say(f"source A and source B are the same layer {a.name!r}; choose two different sources")
             return None
         try:
             kw = {**source_kwargs(a, "a"), **source_kwargs(b, "b")}
         except Exception as err:  # noqa: BLE001
-            notify_error(f"{what}: {error_text(err)}")
+            say(f"{what}: {error_text(err)}")
             return None
         return a, b, kw
 
-    def _check_strokes(self, a):
-        """The painted labels as an int64 copy, or None after telling the user what is wrong."""
+    def _check_strokes(self, a, quiet: bool = False):
+        """The painted labels as an int64 copy and their layer, or (None, message) after telling the
+        user what is wrong (``quiet``: only return the message, for Live)."""
+
+        def refuse(msg):
+            if not quiet:
+                notify_error(msg)
+            return None, msg
+
         layer = self.strokes.layer()
         if layer is None:
-            notify_error("Fine-tune needs a Labels layer of painted strokes: click 'New strokes layer' and paint")
-            return None, None
+            return refuse("Fine-tune needs a Labels layer of painted strokes: click 'New strokes layer' and paint")
         data = np.asarray(layer_array(layer))
         if spatial_ndim(a) != 2:
-            notify_error(
+            return refuse(
                 f"fine-tuning works on 2-D pairs; source A {a.name!r} is {spatial_ndim(a)}-D "
                 f"({_shape_text(spatial_shape(a))})"
             )
-            return None, None
         if tuple(data.shape) != tuple(spatial_shape(a)):
-            notify_error(
+            return refuse(
                 f"painted labels {layer.name!r} are {_shape_text(data.shape)} but source A {a.name!r} is "
                 f"{_shape_text(spatial_shape(a))}; paint on a Labels layer of the image's shape "
                 "('New strokes layer' makes one)"
             )
-            return None, None
         if not np.issubdtype(data.dtype, np.integer):
-            notify_error(f"painted labels {layer.name!r} hold {data.dtype} values; expected integer labels")
-            return None, None
+            return refuse(f"painted labels {layer.name!r} hold {data.dtype} values; expected integer labels")
         if data.min() < 0:
-            notify_error(f"painted labels {layer.name!r} hold negative values; use 0 for unpainted, 1.. for classes")
-            return None, None
-        n = int(np.count_nonzero(data))
-        if n == 0:
-            notify_error(f"painted labels layer {layer.name!r} is empty: paint a few strokes of each class first")
-            return None, None
+            return refuse(f"painted labels {layer.name!r} hold negative values; use 0 for unpainted, 1.. for classes")
+        values = np.unique(data)
+        values = values[values > 0]
+        if values.size == 0:
+            return refuse(f"painted labels layer {layer.name!r} is empty: paint a few strokes of each class first")
+        if values.size < 2:
+            return refuse(
+                f"only class {int(values[0])} is painted in {layer.name!r}; paint at least two classes "
+                "(for example the object and its surroundings)"
+            )
         return data.astype(np.int64, copy=True), layer
+
+    def _request(self, what: str, quiet: bool = False) -> dict | None:
+        """Everything a job needs, read from the widgets on the GUI thread (None: refused)."""
+        src = self._sources(what, quiet)
+        if src is None:
+            return None
+        a, b, src_kw = src
+        labels, layer = self._check_strokes(a, quiet)
+        if labels is None:
+            if quiet:
+                self.status.setText(f"Live: {layer}")
+            return None
+        label = self.model.label()
+        if not label:
+            if not quiet:
+                notify_error("no learned fusion model is available")
+            return None
+        entry = self.current_entry()
+        names = _painted_names(layer)
+        background = _painted_background(names)
+        painted = sorted(int(v) for v in np.unique(labels) if v > 0)
+        ours = entry is not None and entry.source == "tuned"
+        return {
+            "a": a, "b": b, "src_kw": src_kw, "xa": layer_array(a), "xb": layer_array(b),
+            "names": (a.name, b.name), "labels": labels, "strokes": layer.name,
+            "label": label, "entry": entry, "runner": entry.runner if entry is not None else None,
+            "ours": ours, "root": self.root_method() or label,
+            "target": entry.label if ours else self._free_label(_tuned_label(label)),
+            "class_names": names, "background": background,
+            "colors": _painted_colors(layer, painted), "device": self.device.device(),
+            "n_painted": int(np.count_nonzero(labels)), "n_classes": len(painted),
+        }
+
+    def _free_label(self, label: str) -> str:
+        taken = {e.label for e in self.shelf.entries()}
+        out, n = label, 2
+        while out in taken:
+            out, n = f"{label} {n}", n + 1
+        return out
+
+    def _job_gen(self, req: dict, steps: int, cache: "_Cache"):
+        """The worker side of Fine-tune and Live: the core's tune_steps, each complete result made
+        displayable (A's intensity range, colour back) here, off the GUI thread."""
+        lr = req.get("lr")
+
+        def gen():
+            from ..engine.device import resolve_device
+            from ..engine.pipeline import finish
+            from ..task.loop import tune_steps
+
+            device = resolve_device(req["device"])
+            runner = req["runner"] if req["runner"] is not None else cache.runner(req["label"], device)
+            prepared, tune_cache = cache.pair(runner, req["xa"], req["xb"], req["src_kw"], req["names"])
+            loop = tune_steps(
+                runner, prepared.a, prepared.b, req["labels"], steps=steps, lr=lr, class_names=req["class_names"],
+                class_colors=req["colors"], background_value=req["background"], device=device,
+                refresh_seconds=REFRESH_SECONDS, cache=tune_cache,
+            )
+            while True:
+                try:
+                    p = next(loop)
+                except StopIteration as stop:
+                    return stop.value
+                if p.runner is not None and p.stage == "refreshed" and p.step < p.steps:
+                    # the network under a refreshed result trains on after the yield: keep a snapshot,
+                    # so that Stop keeps exactly what was shown
+                    p.runner = p.runner.copy()
+                shown = finish(p.fused, prepared) if p.fused is not None else None
+                yield _Shown(p, shown, prepared.grid)
+
+        return gen
 
     # ---------------------------------------------------------------------------------------------
     def finetune(self) -> Task | None:
         """Fine-tune the chosen model on the painted strokes; returns the job (None if refused)."""
         if self.running:
             return None
-        src = self._sources("Fine-tune")
-        if src is None:
+        req = self._request("Fine-tune")
+        if req is None:
             return None
-        a, b, src_kw = src
-        labels, strokes_layer = self._check_strokes(a)
-        if labels is None:
-            return None
-        base_label = self.model.label()
-        if not base_label:
-            notify_error("no fine-tunable model is available")
-            return None
-        root = self.root_method() or base_label
-        steps, lr = int(self.steps.value()), (float(self.lr.value()) or None)  # 0 = auto
-        class_names = _painted_class_names(strokes_layer)
-        background = _painted_background(strokes_layer)
-        extra = {"background_value": background} if background is not None else {}
-        device_choice = self.device.device()
-        xa, xb = layer_array(a), layer_array(b)
-        n_painted = int(np.count_nonzero(labels))
-        entry = self.current_entry()  # read the widgets here, on the GUI thread
-        base_runner = entry.runner if entry is not None else None
-        painted = sorted(int(v) for v in np.unique(labels) if v > 0 and v != background)
-        colors = _painted_colors(strokes_layer, painted)
+        steps = self.effective_steps()
+        req["lr"] = (float(self.lr.value()) or None) if steps > 0 else None  # 0 = auto
+        self._supersede_live()
+        a, b = req["a"], req["b"]
+        fused_name = fused_layer_name(req["target"], a.name, b.name)
+        labels_name = labels_layer_name(req["target"], a.name, b.name)
+        job = self._job = {
+            "req": req, "steps": steps, "fused_name": fused_name, "labels_name": labels_name,
+            "snapshot": self._snapshot([fused_name, labels_name]), "model_before": self.model.label(),
+            "last": None, "outcome": None, "t0": time.perf_counter(), "created": False,
+        }
+        self.losses, self.updates = [], []
+        base_label = req["label"]
+        if steps == 0 and int(self.steps.value()) > 0:
+            note = f"{base_label}'s fusion is not trained here: labels head only"
+        else:
+            note = ""
 
-        def job():
-            from ..engine.device import resolve_device
-            from ..engine.pipeline import fuse_steps, input_intensity_of, prepare_pair
-            from ..training.finetune import finetune_steps
-
-            device = resolve_device(device_choice)
-            if base_runner is not None:
-                base = base_runner
+        def yielded(s: _Shown):
+            if self._job is not job or job["outcome"] is not None:
+                return  # Stop/Cancel was clicked: nothing more is shown
+            p = s.progress
+            secs = float(p.seconds)
+            if p.stage == "adapting":
+                self.losses.append((int(p.step), float(p.task_loss), float(p.fusion_loss)))
+                self.progress.setRange(0, max(int(p.steps), 1))
+                self.progress.setValue(min(int(p.step), int(p.steps)))
+                self.progress.setFormat("step %v/%m")
+                self.loss.setText(
+                    f"step {p.step}/{p.steps}, task loss {p.task_loss:.4f}, fusion loss {p.fusion_loss:.4f} ({secs:.0f} s)"
+                )
+                return
+            if s.labels is None:
+                return
+            job["last"] = s
+            self._show(s, job, req)
+            self.updates.append((time.perf_counter() - job["t0"], p.stage))
+            if p.stage == "instant":
+                self.loss.setText(f"labels from the strokes in {secs:.1f} s" + (f"; {note}" if note else ""))
+                if steps > 0:
+                    self.progress.busy("adapting the fusion")
             else:
-                from ..methods.registry import build_runner
-
-                base = build_runner(base_label, device=device)
-            prep = prepare_pair(xa, xb, **src_kw, input_intensity=input_intensity_of(base))
-            ua, ub = prep.a, prep.b
-            tuned = yield from finetune_steps(
-                base, ua, ub, labels, steps=steps, lr=lr, class_names=class_names, device=device, **extra
-            )
-            _recolor(tuned, colors)
-            result = yield from fuse_steps(xa, xb, tuned, device=device, segment=_segments(tuned), **src_kw)
-            return tuned, result
+                self.status.setText(f"updated at step {p.step}/{p.steps} ({secs:.0f} s); Stop keeps this result")
 
         def returned(value):
-            tuned, result = value
-            entry = self.shelf.add(
-                ModelEntry(
-                    label=f"{root} tuned",
-                    runner=tuned,
-                    base=root,
-                    info=(
-                        f"{root} fine-tuned from {base_label}: {steps} steps, lr {_used_lr(tuned, lr)}, "
-                        f"{n_painted} painted pixels on {a.name} + {b.name}"
-                    ),
-                    source="tuned",
-                )
-            )
-            self.model.select(entry.label)
-            self._show(result, a, b, entry.label, base_label)
-            self.status.setText(f"fine-tuned → model {entry.label!r}; Save… keeps it")
+            if self._job is not job or job["outcome"] is not None:
+                return
+            if job["last"] is None:  # (the loop always yields its result first)
+                raise RuntimeError("the fine-tuning loop returned no result")
+            entry = self._keep(job)
+            self.progress.done("done")
+            what = f"{steps} steps" if steps else "labels head"
+            self.status.setText(f"fine-tuned ({what}) → model {entry.label!r}; Save… keeps it" + (f"; {note}" if note else ""))
 
-        self.losses = []
-        self.loss.setText("task loss –   fusion loss –")
-        return self._start(
-            job, f"fine-tuning {base_label}", returned, what=f"Fine-tuning {base_label} on {a.name!r} + {b.name!r}"
+        def errored(err):
+            if self._job is job and job["outcome"] is None:
+                self._restore(job)
+                job["outcome"] = "failed"
+            self.progress.done("failed")
+            self.status.setText(f"failed; layers and model as before: {error_text(err)}")
+            notify_error(f"Fine-tuning {base_label} on {a.name!r} + {b.name!r} failed: {error_text(err)}")
+
+        def finished():
+            if job["outcome"] in ("stop", "cancel"):
+                self.progress.done("stopped" if job["outcome"] == "stop" else "cancelled")
+            if self._job is job:
+                self._job = None
+            self._update_buttons()
+            self._after_job()
+
+        self.progress.busy("fitting head")
+        self.loss.setText(f"fitting head … (fused image of {base_label}, filter features, pixel head)")
+        self.status.setText("")
+        self.task = Task(
+            self._job_gen(req, steps, self._cache), yielded=yielded, returned=returned, errored=errored,
+            finished=finished, parent=self,
         )
+        self._update_buttons()
+        self.task.start()
+        self._update_buttons()
+        return self.task
 
+    def stop(self) -> None:
+        """Stop the running Fine-tune and keep the model and the layers as last shown."""
+        job = self._job
+        if job is None or job["outcome"] is not None or not self.running:
+            return
+        if job["last"] is None:  # nothing shown yet: nothing to keep
+            self.cancel()
+            return
+        job["outcome"] = "stop"
+        entry = self._keep(job)
+        p = job["last"].progress
+        at = f"step {p.step}/{p.steps}" if p.stage != "instant" else "the instant result"
+        self.status.setText(f"stopped at {at} → model {entry.label!r}; Save… keeps it")
+        self.progress.setFormat("stopping …")
+        self.task.cancel()
+        self._update_buttons()
+
+    def cancel(self) -> None:
+        """Stop the running job; a Fine-tune puts the layers and the chosen model back as before."""
+        if self.task is None or not self.running:
+            return
+        job = self._job
+        if job is not None:
+            if job["outcome"] is not None:
+                return
+            job["outcome"] = "cancel"
+            self._restore(job)
+            self.status.setText("cancelled; layers and model as before")
+        self.task.cancel()
+        self.progress.setFormat("cancelling …")
+        self._update_buttons()
+
+    # ---------------------------------------------------------------------------------------------
+    def _snapshot(self, names) -> dict:
+        """What Cancel puts back: each target layer's data and look, or None (made by the job)."""
+        out = {}
+        for name in names:
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                item = {"data": layer.data, "metadata": dict(layer.metadata)}
+                if hasattr(layer, "selected_label"):
+                    item.update(data=np.array(layer.data, copy=True), colormap=layer.colormap, features=layer.features.copy())
+                out[name] = item
+            else:
+                out[name] = None
+        return out
+
+    def _restore(self, job: dict) -> None:
+        for name, item in job["snapshot"].items():
+            self._fused_of.pop(name, None)
+            here = name in self.viewer.layers
+            if item is None:
+                if here:
+                    self.viewer.layers.remove(name)
+                continue
+            if not here:
+                continue
+            layer = self.viewer.layers[name]
+            layer.data = item["data"]
+            layer.metadata = item["metadata"]
+            if "colormap" in item:
+                layer.colormap = item["colormap"]
+                layer.features = item["features"]
+        if job["model_before"] and self.model.label() != job["model_before"]:
+            self.model.select(job["model_before"])
+
+    def _keep(self, job: dict) -> ModelEntry:
+        """The last result shown becomes the tuned model (the working entry is updated in place)."""
+        req, s = job["req"], job["last"]
+        steps = s.progress.step if s.progress.stage != "instant" else 0
+        info = (
+            f"{req['label']} tuned on {req['n_painted']} painted pixels ({req['n_classes']} classes) of "
+            f"{req['names'][0]} + {req['names'][1]}: labels head" + (f" + {steps} fusion steps" if steps else "")
+        )
+        entry = self._shelve(req, s.runner, info)
+        if entry.label != req["target"]:  # the label was taken meanwhile: the layers follow the model
+            self._rename(job, entry.label)
+        self.model.select(entry.label)
+        return entry
+
+    def _shelve(self, req: dict, runner, info: str) -> ModelEntry:
+        if req["ours"] and self.shelf.get(req["target"]) is req["entry"]:
+            entry = req["entry"]
+            entry.runner, entry.info = runner, info
+            self.shelf.changed.emit()
+            return entry
+        return self.shelf.add(ModelEntry(label=req["target"], runner=runner, base=req["root"], info=info, source="tuned"))
+
+    def _rename(self, job: dict, label: str) -> None:
+        a, b = job["req"]["names"]
+        for key, name in (("fused_name", fused_layer_name(label, a, b)), ("labels_name", labels_layer_name(label, a, b))):
+            if job[key] in self.viewer.layers:
+                self.viewer.layers[job[key]].name = name
+            job[key] = name
+
+    def _show(self, s: _Shown, job: dict, req: dict) -> None:
+        """Put one result into the widget's own layers (created on the first result); the fused
+        layer is only rewritten when the model under the head changed (Live refits: labels only)."""
+        a = self._layer(req["names"][0]) or req["a"]
+        meta = {"method": req["target"], "source_a": req["names"][0], "source_b": req["names"][1],
+                "made_by": MADE_BY, "tuned": True, "root": req["root"]}
+        base = getattr(s.runner, "base", None)
+        created = False
+        if s.fused is not None and (self._fused_of.get(job["fused_name"]) is not base or job["fused_name"] not in self.viewer.layers):
+            created |= job["fused_name"] not in self.viewer.layers
+            place_image(
+                self.viewer, job["fused_name"], s.fused, a, rgb=result_kind(s.fused, a) == "rgb",
+                metadata={META_KEY: {**meta, "role": "fused"}}, grid=s.grid,
+            )
+            self._fused_of[job["fused_name"]] = base
+        created |= job["labels_name"] not in self.viewer.layers
+        place_labels(
+            self.viewer, job["labels_name"], s.labels, a, classes_of(s.runner),
+            metadata={META_KEY: {**meta, "role": "labels"}},
+        )
+        self.last_result = s
+        if created:
+            self._strokes_on_top()
+
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _strokes_on_top(self) -> None:
+        """Keep the strokes on top and selected, so the user can keep painting over the result."""
+        strokes = self.strokes.layer()
+        if strokes is None or strokes.name not in self.viewer.layers:
+            return
+        names = [x.name for x in self.viewer.layers]
+        i = names.index(strokes.name)
+        if i != len(names) - 1:
+            self.viewer.layers.move(i, len(names))
+        self.viewer.layers.selection.active = self.viewer.layers[strokes.name]
+
+    # ---------------------------------------------------------------------------------------------
+    # Live
+    def _on_live_toggled(self, on: bool) -> None:
+        self._watch_strokes()
+        if on:
+            self.live_refit()
+        else:
+            self._live_timer.stop()
+            self._supersede_live()
+
+    def _watch_strokes(self) -> None:
+        """Listen to the chosen strokes layer's edits (a finished stroke, a fill, new data, undo)."""
+        layer = self.strokes.layer() if self.live.isChecked() else None
+        layer = unwrap(layer) if layer is not None else None
+        if layer is self._watched:
+            return
+        if self._watched is not None:
+            for ev in ("paint", "data", "set_data"):
+                emitter = getattr(self._watched.events, ev, None)
+                if emitter is not None:
+                    try:
+                        emitter.disconnect(self._on_strokes_changed)
+                    except (TypeError, ValueError, RuntimeError):
+                        pass
+        self._watched = layer
+        if layer is not None:
+            for ev in ("paint", "data", "set_data"):
+                emitter = getattr(layer.events, ev, None)
+                if emitter is not None:
+                    emitter.connect(self._on_strokes_changed)
+
+    def _on_strokes_changed(self, event=None) -> None:
+        if not _alive(self) or not self.live.isChecked():
+            return
+        if self.running:
+            self._strokes_dirty = True
+            return
+        self._live_timer.start()  # (re)start: one refit after the user pauses
+
+    def _supersede_live(self) -> None:
+        """Results of Live refits requested so far are no longer shown."""
+        self._live_gen += 1
+        self._live_shown = self._live_gen
+        self._live_pending = False
+
+    def _after_job(self) -> None:
+        if self._strokes_dirty and self.live.isChecked():
+            self._strokes_dirty = False
+            self._live_timer.start()
+
+    def live_refit(self) -> Task | None:
+        """Refit the labels head on the current strokes in the background (what Live runs)."""
+        if not _alive(self):
+            return None
+        if self.running:
+            self._strokes_dirty = True
+            return None
+        if self.live_running:
+            self._live_pending = True  # the newest strokes are fitted as soon as this one ends
+            return None
+        req = self._request("Live", quiet=True)
+        if req is None:
+            return None
+        req["lr"] = None
+        self._live_gen += 1
+        gen = self._live_gen
+        t0 = time.perf_counter()
+        a, b = req["a"], req["b"]
+        job = {"req": req, "fused_name": fused_layer_name(req["target"], a.name, b.name),
+               "labels_name": labels_layer_name(req["target"], a.name, b.name), "live": True}
+
+        def yielded(s: _Shown):
+            if gen <= self._live_shown or self.running or s.labels is None:
+                return  # something newer is shown, or a Fine-tune owns the layers now
+            self._live_shown = gen
+            job["last"] = s
+            self._show(s, job, req)
+            entry = self._keep(job)
+            secs = time.perf_counter() - t0
+            self.updates.append((secs, "live"))
+            self.status.setText(
+                f"Live: {req['n_classes']} classes, {req['n_painted']} painted pixels → {entry.label!r} in {secs:.1f} s"
+            )
+
+        def errored(err):
+            self.status.setText(f"Live: {error_text(err)}")
+
+        def finished():
+            if self._live_pending and self.live.isChecked() and _alive(self):
+                self._live_pending = False
+                self._live_timer.start()
+
+        self.status.setText("Live: refitting …")
+        self.live_task = Task(self._job_gen(req, 0, self._cache), yielded=yielded, errored=errored, finished=finished, parent=self)
+        self.live_task.start()
+        return self.live_task
+
+    # ---------------------------------------------------------------------------------------------
     def apply(self, label: str | None = None) -> Task | None:
-        """Run the chosen (or named) model on A + B and update the result layers in place."""
+        """Run the chosen (or named) model on A + B and show its results (layers named after it)."""
         if self.running:
             return None
         if label is not None and not self.model.select(label):
@@ -392,25 +865,60 @@ class FinetuneWidget(QWidget):
             notify_error("no model is available")
             return None
         spec = self.model.method_spec()
-        previous = self._previous_label()
-        kw = dict(src_kw, device=self.device.device())
+        entry = self.current_entry()
+        tuned = entry is not None and entry.source == "tuned"
+        root = self.root_method() or label
+        kw = dict(src_kw, device=self.device.device(), names=(a.name, b.name))
         xa, xb = layer_array(a), layer_array(b)
 
         def job():
             from ..engine.pipeline import fuse_steps
 
-            seg = _segments(spec)
-            return (yield from fuse_steps(xa, xb, spec, segment=seg, **kw))
+            return (yield from fuse_steps(xa, xb, spec, segment=_segments(spec), **kw))
 
-        return self._start(
-            job,
-            f"fusing with {label}",
-            lambda result: self._show(result, a, b, label, previous),
-            what=f"Fusion of {a.name!r} + {b.name!r} with {label}",
+        def returned(result):
+            meta = {"method": label, "source_a": a.name, "source_b": b.name, "made_by": MADE_BY, "tuned": tuned, "root": root}
+            place_image(
+                self.viewer, fused_layer_name(label, a.name, b.name), result.fused, a,
+                rgb=result_kind(result.fused, a) == "rgb", metadata={META_KEY: {**meta, "role": "fused"}}, grid=result.grid,
+            )
+            if result.labels is not None:
+                place_labels(
+                    self.viewer, labels_layer_name(label, a.name, b.name), result.labels, a, classes_of(result),
+                    metadata={META_KEY: {**meta, "role": "labels"}},
+                )
+            self.last_result = result
+            self._strokes_on_top()
+            self.progress.done("done")
+            self.status.setText(f"applied {label!r} to {a.name} + {b.name}")
+
+        def errored(err):
+            self.progress.done("failed")
+            self.status.setText(error_text(err))
+            notify_error(f"Fusion of {a.name!r} + {b.name!r} with {label} failed: {error_text(err)}")
+
+        self._supersede_live()
+        self.progress.busy(f"fusing with {label}")
+        self.status.setText("")
+        self.task = Task(
+            job, yielded=self.progress.show_progress, returned=returned, errored=errored,
+            aborted=lambda: self.progress.done("cancelled"), finished=self._job_finished, parent=self,
         )
+        self._update_buttons()
+        self.task.start()
+        self._update_buttons()
+        return self.task
 
-    def reset(self) -> Task | None:
-        """Back to the shipped model the current one started from, and its results in the layers."""
+    def _job_finished(self) -> None:
+        self._update_buttons()
+        self._after_job()
+
+    def reset(self) -> list[str] | None:
+        """Back to the shipped model the current one started from; the result layers this widget
+        made for models tuned from it are removed (the shipped model's own layers were never touched). Returns the
+        names of the layers removed (None if refused)."""
+        if self.running:
+            return None
         root = self.root_method()
         if not root:
             notify_error("no shipped model to reset to")
@@ -418,7 +926,19 @@ class FinetuneWidget(QWidget):
         if not self.model.select(root):
             notify_error(f"the shipped model {root!r} is not installed")
             return None
-        return self.apply()
+        self._live_timer.stop()
+        self._supersede_live()
+        removed = []
+        for layer in list(self.viewer.layers):
+            info = (getattr(layer, "metadata", None) or {}).get(META_KEY)
+            if isinstance(info, dict) and info.get("made_by") == MADE_BY and info.get("tuned") and info.get("root", root) == root:
+                removed.append(layer.name)
+                self._fused_of.pop(layer.name, None)
+                self.viewer.layers.remove(layer.name)
+        self.progress.reset_idle()
+        self.loss.setText("")
+        self.status.setText(f"back to {root!r}" + (f"; removed {', '.join(removed)}" if removed else ""))
+        return removed
 
     # ---------------------------------------------------------------------------------------------
     def save(self, path: str | Path | None = None) -> Path | None:
@@ -513,7 +1033,9 @@ class FinetuneWidget(QWidget):
         name, n = "strokes", 2
         while name in self.viewer.layers:
             name, n = f"strokes {n}", n + 1
-        layer = Labels(np.zeros(spatial_shape(a), np.int32), name=name, **kw, **_transform_kwargs(a))
+        layer = Labels(
+            np.zeros(spatial_shape(a), np.int32), name=name, metadata={META_KEY: {"role": "strokes"}}, **kw, **_transform_kwargs(a)
+        )
         self.viewer.add_layer(layer)
         layer.brush_size = max(3, int(round(min(spatial_shape(a)) / 60)))
         layer.selected_label = 1
@@ -522,98 +1044,6 @@ class FinetuneWidget(QWidget):
         self.strokes.set_layer(layer)
         return layer
 
-    # ---------------------------------------------------------------------------------------------
-    def _previous_label(self) -> str | None:
-        layer = self.viewer.layers[self._fused_name] if self._fused_name in self.viewer.layers else None
-        info = (getattr(layer, "metadata", None) or {}).get(META_KEY) if layer is not None else None
-        return info.get("method") if isinstance(info, dict) else None
-
-    def _start(self, job, busy_text: str, on_result, *, what: str) -> Task:
-        def yielded(p):
-            if hasattr(p, "task_loss"):
-                step, total = int(p.step), int(p.steps)
-                self.losses.append((step, float(p.task_loss), float(p.fusion_loss)))
-                self.progress.setRange(0, max(total, 1))
-                self.progress.setValue(min(step, total))
-                self.progress.setFormat("fine-tuning step %v/%m")
-                secs = float(getattr(p, "seconds", 0.0) or 0.0)
-                self.loss.setText(
-                    f"task loss {p.task_loss:.4f}   fusion loss {p.fusion_loss:.4f}" + (f"   {secs:.0f} s" if secs else "")
-                )
-            else:
-                self.progress.show_progress(p)
-
-        def returned(value):
-            try:
-                on_result(value)
-            except Exception as err:  # noqa: BLE001
-                errored(err)
-                return
-            self.progress.done("done")
-
-        def errored(err):
-            self.progress.done("failed")
-            self.status.setText(error_text(err))
-            notify_error(f"{what} failed: {error_text(err)}")
-
-        def aborted():
-            self.progress.done("cancelled")
-            self.status.setText("cancelled; model and layers unchanged")
-
-        def finished():
-            self._update_buttons()
-
-        self.progress.busy(busy_text)
-        self.status.setText("")
-        self.task = Task(job, yielded=yielded, returned=returned, errored=errored, aborted=aborted, finished=finished, parent=self)
-        self._update_buttons()
-        self.task.start()
-        self._update_buttons()
-        return self.task
-
-    def _show(self, result, a, b, label: str, previous: str | None) -> None:
-        """Put a result into this widget's layers (renamed after the model that made them)."""
-        self.last_result = result
-        fused_prev = self._fused_name if self._fused_name in self.viewer.layers else None
-        labels_prev = self._labels_name if self._labels_name in self.viewer.layers else None
-        reuse_f = [fused_layer_name(p, a.name, b.name) for p in (previous, self.root_method()) if p]
-        reuse_l = [labels_layer_name(p) for p in (previous, self.root_method()) if p]
-        meta = {"method": label, "source_a": a.name, "source_b": b.name}
-        fused = result.fused
-        rgb = result_kind(fused, a) == "rgb"
-        fl = place_image(
-            self.viewer,
-            fused_layer_name(label, a.name, b.name),
-            fused,
-            a,
-            rgb=rgb,
-            metadata={META_KEY: {**meta, "role": "fused"}},
-            grid=getattr(result, "grid", None),
-            reuse=reuse_f,
-            layer=fused_prev,
-        )
-        self._fused_name = fl.name
-        if getattr(result, "labels", None) is not None:
-            classes = tuple(getattr(result, "classes", None) or ())
-            ll = place_labels(
-                self.viewer,
-                labels_layer_name(label),
-                result.labels,
-                a,
-                classes,
-                metadata={META_KEY: {**meta, "role": "labels"}},
-                reuse=reuse_l,
-                layer=labels_prev,
-            )
-            self._labels_name = ll.name
-        strokes = self.strokes.layer()
-        if strokes is not None:
-            # keep the strokes on top so the user can keep painting over the new result
-            i = [x.name for x in self.viewer.layers].index(strokes.name)
-            if i != len(self.viewer.layers) - 1:
-                self.viewer.layers.move(i, len(self.viewer.layers))
-            self.viewer.layers.selection.active = self.viewer.layers[strokes.name]
-
 
 def _segments(runner) -> bool:
     if isinstance(runner, str):
@@ -621,12 +1051,3 @@ def _segments(runner) -> bool:
 
         return get_method(runner).segments
     return bool(classes_of(runner)) and (hasattr(runner, "segment") or hasattr(runner, "fuse_and_segment"))
-
-
-def _used_lr(tuned, lr: float | None) -> str:
-    """The rate a run used: the one given, or what auto chose (from the tuned model's history)."""
-    if lr is not None:
-        return f"{lr:g}"
-    history = tuned.meta.get("finetune_history") or [{}]
-    used = history[-1].get("lr")
-    return f"{used:g} (auto)" if isinstance(used, (int, float)) else "auto"
