@@ -612,7 +612,7 @@ def _model_file(tmp_path) -> tuple[str, object]:
     return save_bundle(tmp_path / "base.safetensors", tensors, meta), runner
 
 
-def test_finetune_from_strokes_updates_layers_in_place_save_and_load(ivif, qtbot, tmp_path, notifications):
+def test_finetune_from_strokes_owns_its_layers_save_and_load(ivif, qtbot, tmp_path, notifications):
     viewer, ir, vi = ivif
     shape = _crop(ir, vi)
     path, _ = _model_file(tmp_path)
@@ -636,20 +636,24 @@ def test_finetune_from_strokes_updates_layers_in_place_save_and_load(ivif, qtbot
     assert notifications.errors == []
     assert [s for s, _, _ in w.losses] == [1, 2, 3]
     assert all(np.isfinite(t) and np.isfinite(f) for _, t, f in w.losses)
-    assert w.loss.text().startswith("task loss")
-    # the same fused layer, renamed after the tuned model, new content; a labels layer with the
-    # painted classes; the strokes stay on top for more painting
-    assert viewer.layers["base tuned (ir + vi)"] is fused
-    assert not np.array_equal(fused.data, before)
-    lab = viewer.layers["base tuned labels"]
-    assert set(np.unique(lab.data)) <= {1, 2}
+    assert w.loss.text().startswith("step 3/3, task loss")
+    assert [s for _, s in w.updates][0] == "instant" and w.updates[-1][1] == "refreshed"
+    # the job's own layers, named after the tuned model and its inputs; the base's layer is neither
+    # renamed nor rewritten; the strokes stay on top for more painting
+    assert fused.name == "base (ir + vi)"
+    np.testing.assert_array_equal(fused.data, before)
+    tuned_fused = viewer.layers["base tuned (ir + vi)"]
+    assert not np.array_equal(tuned_fused.data, before)
+    lab = viewer.layers["base tuned labels (ir + vi)"]
+    assert set(np.unique(lab.data)) == {1, 2}
+    assert [c.index for c in w.current_entry().runner.classes] == [1, 2]  # exactly the painted classes
     strokes = viewer.layers["strokes"]
     for v in (1, 2):  # the classes keep the colours the user painted them with
         np.testing.assert_allclose(lab.colormap.map(np.array([v]))[0][:3], strokes.colormap.map(np.array([v]))[0][:3], atol=1 / 255)
-    assert len(viewer.layers) == n + 1
+    assert len(viewer.layers) == n + 2
     assert viewer.layers[-1].name == "strokes"
     assert w.model.label() == "base tuned"
-    tuned = fused.data.copy()
+    tuned, tuned_labels = tuned_fused.data.copy(), lab.data.copy()
 
     saved = w.save(tmp_path / "mine.safetensors")
     assert saved is not None and saved.is_file()
@@ -663,7 +667,10 @@ def test_finetune_from_strokes_updates_layers_in_place_save_and_load(ivif, qtbot
     assert loaded is not None and w.model.label() == loaded.label
     w.apply()
     _wait_done(qtbot, w)
-    np.testing.assert_array_equal(fused.data, tuned)  # the saved file reproduces the tuned model
+    # the saved file reproduces the tuned model (fused image and the head's labels)
+    again = viewer.layers[f"{loaded.label} (ir + vi)"]
+    np.testing.assert_allclose(again.data.astype(float), tuned.astype(float), atol=1)
+    assert float(np.mean(viewer.layers[f"{loaded.label} labels (ir + vi)"].data == tuned_labels)) > 0.99
     assert notifications.errors == []
 
 
@@ -692,10 +699,14 @@ def test_reset_returns_to_the_shipped_model(ivif, qtbot):
     w.steps.setValue(2)
     w.finetune()
     _wait_done(qtbot, w)
-    assert fused.name == "tdfusion tuned (ir + vi)"
+    # fine-tuning never renames or rewrites the Fusion widget's layer (issue 17)
+    assert fused.name == "tdfusion (ir + vi)"
+    np.testing.assert_array_equal(fused.data, shipped)
+    assert "tdfusion tuned labels (ir + vi)" in viewer.layers and "tdfusion tuned (ir + vi)" in viewer.layers
+    # Reset: the shipped model again, the tuned layers gone (issue 17: it used to leave the labels)
     w.reset()
-    _wait_done(qtbot, w)
-    assert fused.name == "tdfusion (ir + vi)" and w.model.label() == "tdfusion"
+    assert w.model.label() == "tdfusion"
+    assert [x.name for x in viewer.layers] == ["ir", "vi", "tdfusion (ir + vi)", "strokes"]
     np.testing.assert_array_equal(fused.data, shipped)
 
 
