@@ -165,25 +165,24 @@ def test_save_model_refuses_classical_methods(tmp_path):
 
 
 def test_finetune_delegates_with_prepared_unit_images(monkeypatch):
-    import sys
-    import types
+    """The API prepares the pair as fuse does and hands unit images to the one task loop."""
+    from napari_fusion.task import loop
 
     calls = {}
 
-    def finetune_steps(runner, a, b, labels, *, steps, lr, class_names, device, **kw):
-        calls.update(a=a, b=b, labels=labels, steps=steps, lr=lr, device=device)
+    def tune_steps(runner, a, b, labels, *, steps, lr, class_names, class_colors, device, **kw):
+        calls.update(a=a, b=b, labels=labels, steps=steps, lr=lr, device=device, names=class_names)
         yield "step"
         return "tuned"
 
-    fake = types.ModuleType("napari_fusion.training.finetune")
-    fake.finetune_steps = finetune_steps
-    monkeypatch.setitem(sys.modules, "napari_fusion.training.finetune", fake)
+    monkeypatch.setattr(loop, "tune_steps", tune_steps)
     ir = _gray8(seed=1)
     vi = np.stack([_gray8(seed=2)] * 2 + [_gray8(seed=3)], axis=-1)
     seen = []
-    out = nf.finetune("average", ir, vi, np.zeros(ir.shape, np.int32), steps=3, lr=0.01, progress=seen.append, device="cpu")
+    strokes = np.zeros(ir.shape, np.int32)
+    out = nf.finetune("average", ir, vi, strokes, steps=3, lr=0.01, progress=seen.append, device="cpu", class_names=["bg", "obj"])
     assert out == "tuned" and seen == ["step"]
     assert calls["a"].dtype == np.float32 and calls["a"].shape == ir.shape and calls["b"].max() <= 1.0
-    assert calls["steps"] == 3 and calls["device"] == "cpu"
+    assert calls["steps"] == 3 and calls["device"] == "cpu" and calls["names"] == {0: "bg", 1: "obj"}
     with pytest.raises(ValueError, match="paint on A's grid"):
         nf.finetune("average", ir, vi, np.zeros((3, 3), np.int32))
