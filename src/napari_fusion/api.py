@@ -444,6 +444,8 @@ def finetune(
         class_names = painted_class_names(lab_in.layer)
     if class_names is not None and not isinstance(class_names, dict):
         class_names = {i: str(n) for i, n in enumerate(class_names)}
+    if progress is None:  # nobody watches: no intermediate results, only the final model
+        kw.setdefault("refresh_seconds", float("inf"))
     gen = tune_steps(runner, prepared.a, prepared.b, lab, steps=steps, lr=lr, class_names=class_names, class_colors=class_colors,
                      device=resolve_device(device), **kw)
     return _drain(gen, progress)
