@@ -172,6 +172,8 @@ def test_stop_keeps_the_last_shown_result(tab, qtbot, monkeypatch):
     viewer, w, strokes = tab
     _slow_job(w, viewer, qtbot)
     qtbot.waitUntil(lambda: any(s == "refreshed" for _, s in w.updates), timeout=WAIT)
+    assert w.progress.text().startswith("adapting ") and w.progress.busy_text() is None  # "adapting i/400"
+    assert w.loss.text().startswith("step ") and "/400, task loss" in w.loss.text()
     _click(qtbot, w.stop_button)
     labels = viewer.layers["multitaskvif tuned labels (ir + vi)"]
     shown = labels.data.copy()
@@ -329,3 +331,19 @@ def test_bad_strokes_are_refused_and_live_says_why_quietly(tab, qtbot, notificat
     qtbot.wait(1200)
     assert len(notifications.errors) == n and w.status.text().startswith("Live: only class 2")
     assert [x.name for x in viewer.layers] == names and not w.live_running
+
+
+def test_new_strokes_layer_names_only_the_users_classes(tab, qtbot):
+    viewer, w, strokes = tab
+    w.model.select(_need("multitaskvif"))  # a shipped model trained on BraTS
+    fresh = w.new_strokes_layer()
+    assert not fresh.features.size or "edema" not in list(fresh.features.get("class", []))
+    assert w.strokes.layer().name == fresh.name and fresh.mode == "paint"
+    w.strokes.set_layer("strokes")
+    w.steps.setValue(0)
+    w.finetune()
+    _wait_done(qtbot, w)
+    tuned = w.new_strokes_layer()  # a tuned model: its (the user's) classes name and colour the values
+    assert list(tuned.features["class"])[1:] == list(NAMES.values())
+    for v in (1, 2, 3):
+        np.testing.assert_allclose(tuned.colormap.map(np.array([v]))[0][:3], strokes.colormap.map(np.array([v]))[0][:3], atol=1 / 255)

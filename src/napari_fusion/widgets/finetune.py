@@ -14,6 +14,7 @@ result layers, named after the tuned model and its inputs (``"tdfusion tuned (ir
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,43 @@ def _tuned_label(label: str) -> str:
     """The label of a model tuned from ``label``: ``"tdfusion tuned"`` (a tuned one keeps its stem)."""
     stem = re.sub(r" \d+$", "", label)
     return stem if stem.endswith(" tuned") else f"{label} tuned"
+
+
+_WARMED: list[bool] = []
+
+
+def _warm_up() -> None:
+    """Import, in the background, what the first head fit would import on the click: torch's
+    optimisers pull in ``torch._dynamo`` on first use (2-3 s once per session on a 2-core CPU)."""
+    if _WARMED:
+        return
+    _WARMED.append(True)
+
+    def work() -> None:
+        try:
+            import torch._dynamo  # noqa: F401
+        except Exception:  # noqa: BLE001 - only a warm-up
+            pass
+
+    threading.Thread(target=work, name="napari-fusion fine-tune warm-up", daemon=True).start()
+
+
+class _StillProgressBar(ProgressBar):
+    """The shared progress bar, busy without the moving animation: the stage and the seconds so far
+    ("fitting head … 3 s", once a second) on a still bar. The moving one repaints the window
+    continuously, and with a software-rendered OpenGL canvas (Xvfb, VMs, remote desktops) each
+    repaint recomposes the canvas: measured, it took most of a CPU core from the instant fit (a
+    first click 3.7 s instead of 11.7 s with tdfusion on the 2-core machine)."""
+
+    def busy(self, text: str) -> None:
+        super().busy(text)
+        self.setRange(0, 1)
+        self.setValue(0)
+
+    def setFormat(self, text: str) -> None:  # noqa: N802 - Qt's name
+        if self.busy_text() is not None and text != self.busy_text():
+            self._busy_text = text
+        super().setFormat(text)
 
 
 class _Shown:
@@ -263,7 +301,7 @@ class FinetuneWidget(QWidget):
         self.save_button.setToolTip("save the chosen tuned/loaded model to one .safetensors file")
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("load a napari-fusion model file (never runs code from the file)")
-        self.progress = ProgressBar()
+        self.progress = _StillProgressBar()
         self.loss = QLabel("")
         self.loss.setWordWrap(True)
         self.loss.setStyleSheet("font-family: monospace;")
@@ -332,6 +370,7 @@ class FinetuneWidget(QWidget):
         self._update_buttons()
         pick_default_pair(self.source_a, self.source_b)
         self._watch_strokes()
+        _warm_up()
 
     # ---------------------------------------------------------------------------------------------
     def _b_compatible(self, layer) -> bool:
@@ -561,9 +600,7 @@ class FinetuneWidget(QWidget):
             secs = float(p.seconds)
             if p.stage == "adapting":
                 self.losses.append((int(p.step), float(p.task_loss), float(p.fusion_loss)))
-                self.progress.setRange(0, max(int(p.steps), 1))
-                self.progress.setValue(min(int(p.step), int(p.steps)))
-                self.progress.setFormat("step %v/%m")
+                self.progress.show_progress(p)  # "adapting i/N"
                 self.loss.setText(
                     f"step {p.step}/{p.steps}, task loss {p.task_loss:.4f}, fusion loss {p.fusion_loss:.4f} ({secs:.0f} s)"
                 )
@@ -1011,7 +1048,9 @@ class FinetuneWidget(QWidget):
         return entry
 
     def new_strokes_layer(self):
-        """An empty Labels layer on source A's grid, coloured by the model's classes, ready to paint."""
+        """An empty Labels layer on source A's grid, ready to paint. A tuned or loaded model's classes
+        name and colour its values (to keep refining that task); a shipped model's do not: its classes
+        (BraTS tumour classes, say) are not the user's, and would name the tuned classes."""
         a = self.source_a.layer()
         if a is None:
             notify_error("choose source A first: the strokes layer takes its shape and position")
@@ -1021,14 +1060,7 @@ class FinetuneWidget(QWidget):
         from ._common import _transform_kwargs
 
         entry = self.current_entry()
-        if entry is not None:
-            classes = classes_of(entry.runner)
-        else:
-            from ..methods.registry import get_method
-
-            label = self.model.label()
-            extra = get_method(label).extra if label else {}
-            classes = tuple(extra.get("classes") or ())
+        classes = classes_of(entry.runner) if entry is not None else ()
         kw = {"colormap": labels_colormap(classes), "features": class_features(classes)} if classes else {}
         name, n = "strokes", 2
         while name in self.viewer.layers:
