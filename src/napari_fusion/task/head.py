@@ -40,6 +40,7 @@ class PixelHead:
     b2: torch.Tensor  # (K,)
     smooth: float = 1.0  # Gaussian sigma on the class probabilities before the decision (0: none)
     info: dict = field(default_factory=dict)
+    last_decision: list = field(default_factory=list, repr=False)  # labels of the images it was fitted on
 
     @property
     def n_features(self) -> int:
@@ -52,17 +53,25 @@ class PixelHead:
         return F.conv2d(h, self.w2[:, :, None, None], self.b2)
 
     @torch.no_grad()
-    def predict(self, feats: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(H, W, C) features -> (H, W) int32 label values."""
+    def raw_logits(self, feats: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(H, W, C) features -> (1, K, H, W) logits."""
         t = torch.as_tensor(np.asarray(feats, np.float32)) if not isinstance(feats, torch.Tensor) else feats
         if t.ndim != 3 or t.shape[-1] != self.n_features:
             raise ValueError(f"the head takes (H, W, {self.n_features}) features, got {tuple(t.shape)}")
-        p = torch.softmax(self.logits(t.permute(2, 0, 1)[None].to(self.mean.device)), 1)
+        return self.logits(t.permute(2, 0, 1)[None].to(self.mean.device))
+
+    def decide(self, logits: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, K, H, W) logits (+ a bias change) -> (H, W) output indices, probabilities smoothed."""
+        p = torch.softmax(logits if bias is None else logits + bias.view(1, -1, 1, 1), 1)
         if self.smooth > 0:
             from .features import _blur
 
             p = _blur(p, self.smooth)
-        k = p.argmax(1)[0].cpu().numpy()
+        return p.argmax(1)[0]
+
+    def predict(self, feats: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(H, W, C) features -> (H, W) int32 label values."""
+        k = self.decide(self.raw_logits(feats)).cpu().numpy()
         return np.asarray(self.values, np.int32)[k]
 
     def to(self, device) -> "PixelHead":
@@ -161,38 +170,37 @@ def fit_head(
         loss = F.cross_entropy(l2(F.gelu(l1(xn))), yt, weight=weight)
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        hidden_logits = l2.weight @ F.gelu(l1(xn)).T  # (K, n) without the bias
-        b2 = l2.bias.detach().clone()
-        raised = _keep_every_class(hidden_logits.T, yt, b2)
-        acc = float(((hidden_logits.T + b2).argmax(1) == yt).float().mean())
     names = {int(k): str(v) for k, v in (class_names or {}).items()}
     colors = {int(k): str(v) for k, v in (class_colors or {}).items()}
     name_of = lambda v: names.get(v, "background" if v == 0 else f"class {v}")  # noqa: E731
-    info = {"painted_pixels": painted, "train_accuracy": round(acc, 4), "loss": round(float(loss.detach()), 5),
-            "bias_raised_for": [values[k] for k in raised], "steps": int(steps)}
-    return PixelHead(
+    head = PixelHead(
         values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
-        mean, std, l1.weight.detach().clone(), l1.bias.detach().clone(), l2.weight.detach().clone(), b2,
-        smooth=float(smooth), info=info,
+        mean, std, l1.weight.detach().clone(), l1.bias.detach().clone(), l2.weight.detach().clone(), l2.bias.detach().clone(),
+        smooth=float(smooth),
     )
-
-
-def _keep_every_class(z0: torch.Tensor, y: torch.Tensor, bias: torch.Tensor) -> list[int]:
-    """Raise (in place) the bias of painted classes that lose most of their own strokes; returns which.
-
-    ``z0``: (n, K) logits without bias of the painted pixels, ``y`` their class indices.
-    """
-    raised = []
-    for k in range(z0.shape[1]):
-        mine = y == k
-        if not mine.any():
-            continue
-        z = z0[mine] + bias
-        if float((z.argmax(1) == k).float().mean()) >= MIN_STROKE_RECALL:
-            continue
-        # by how much class k loses on each of its pixels: raise its bias past the needed quantile
-        margin = (z.max(1).values - z[:, k]).sort().values
-        bias[k] += float(margin[min(len(margin) - 1, int(len(margin) * MIN_STROKE_RECALL))]) + 1e-3
-        raised.append(k)
-    return raised
+    # every painted class must win on at least half of its own strokes, as the head decides on whole
+    # images (smoothed probabilities): raise the bias of any class that does not, until it does
+    logits = [head.raw_logits(f) for f in feats]
+    index = [np.searchsorted(values, np.where(s == background_value, 0, s) if background_value is not None else s) for s in strokes]
+    painted_masks = [np.asarray(s) > 0 for s in strokes]
+    bias = torch.zeros(len(values))
+    raised: set[int] = set()
+    for attempt in range(12):
+        hit, total = np.zeros(len(values)), np.zeros(len(values))
+        decided = []
+        for lg, idx, m in zip(logits, index, painted_masks):
+            k = head.decide(lg, bias).cpu().numpy()
+            decided.append(k)
+            np.add.at(total, idx[m], 1)
+            np.add.at(hit, idx[m][k[m] == idx[m]], 1)
+        losing = [k for k in range(len(values)) if total[k] and hit[k] / total[k] < MIN_STROKE_RECALL]
+        if not losing:
+            break
+        for k in losing:
+            bias[k] += 0.5 * 2 ** min(attempt, 6)
+            raised.add(values[k])
+    head.b2 = head.b2 + bias
+    head.info = {"painted_pixels": painted, "stroke_accuracy": round(float(hit.sum() / max(total.sum(), 1)), 4),
+                 "loss": round(float(loss.detach()), 5), "bias_raised_for": sorted(raised), "steps": int(steps)}
+    head.last_decision = [np.asarray(values, np.int32)[k] for k in decided]  # the labels of the images fitted on
+    return head

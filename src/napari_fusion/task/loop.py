@@ -21,9 +21,8 @@ from typing import Any, Generator, Mapping
 
 import numpy as np
 
-from .features import pixel_features
 from .head import fit_head
-from .tuned import TunedRunner
+from .tuned import TunedRunner, base_label_values, fuse_with_base_labels, head_features
 
 __all__ = ["TuneProgress", "tune_steps", "base_of"]
 
@@ -68,11 +67,44 @@ def _inference(model: Any):
             m.train(t)
 
 
-def _fit(base, a, b, labels, head_kw):
-    fused = np.asarray(base.fuse(a, b), np.float32)
-    feats = pixel_features(a, b, fused, device=getattr(base, "device", "cpu"))
-    head = fit_head(feats, labels, **head_kw)
-    return TunedRunner(base, head), fused, head.predict(feats)
+REPLAY_FRACTION = 0.02  # unpainted pixels given the base's own labels when the strokes are corrections
+
+
+def _fit(base, a, b, labels, head_kw, cache=None):
+    """Fused image, features, head: a complete tuned model with its fused image and labels.
+
+    A segmenting base's labels are features too; when the strokes *correct* it (it already labels at
+    least half of the painted pixels right, in the painted values' terms), its labels on a random
+    :data:`REPLAY_FRACTION` of the unpainted pixels join the strokes, so the head keeps what the base
+    knows where nothing was painted. ``cache``: see :func:`tune_steps`.
+    """
+    if cache and "features" in cache:
+        fused, base_labels, feats = cache["fused"], cache["base_labels"], cache["features"]
+    else:
+        fused, base_labels = fuse_with_base_labels(base, a, b)
+        values = base_label_values(base)
+        feats = head_features(a, b, fused, base_labels, values, getattr(base, "device", "cpu"))
+        if cache is not None:
+            cache.update(fused=fused, base_labels=base_labels, features=feats)
+    train = labels
+    if base_labels is not None:
+        train = _with_base_replay(labels, base_labels, head_kw.get("background_value"), head_kw.get("seed", 0))
+    head = fit_head(feats, train, **head_kw)
+    return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
+
+
+def _with_base_replay(labels, base_labels, background_value, seed) -> np.ndarray:
+    painted = labels > 0
+    as_class = np.where(labels == background_value, 0, labels) if background_value is not None else labels
+    if float((base_labels[painted] == as_class[painted]).mean()) < 0.5:
+        return labels  # a new task: the base's classes mean something else
+    rng = np.random.default_rng(seed)
+    pick = ~painted & (rng.random(labels.shape) < REPLAY_FRACTION)
+    if background_value is None:
+        pick &= base_labels > 0  # class 0 has no painted value to stand for it
+    out = labels.copy()
+    out[pick] = np.where(base_labels[pick] == 0, background_value or 0, base_labels[pick])
+    return out
 
 
 def tune_steps(
@@ -89,6 +121,7 @@ def tune_steps(
     device: Any = None,
     refresh_seconds: float = 5.0,
     seed: int = 0,
+    cache: dict | None = None,
     **train_kw: Any,
 ) -> Generator[TuneProgress, None, TunedRunner]:
     """Instant head on the painted pixels, then ``steps`` task-driven steps of the fusion model.
@@ -96,10 +129,19 @@ def tune_steps(
     ``a``, ``b``: unit 2-D sources of one shape (as the engine prepares them); ``sparse_labels``: 0 =
     unpainted, v > 0 = class v; ``background_value`` means class 0. Raises (when called) for bad
     labels, a single painted class, or ``steps > 0`` on a model that cannot be trained.
+    ``cache``: a dict the caller keeps for one model and one pair ``a``, ``b`` (a viewer refitting the
+    head as the user paints): the instant stage stores the fused image, the model's own labels and the
+    head's features in it, and a later call given the same dict only refits the head.
     """
     from ..training.finetune import check_sparse_labels, finetune_steps
 
     labels = check_sparse_labels(sparse_labels, np.shape(a))
+    if cache and "fused" in cache and np.shape(cache["fused"]) != np.shape(a):
+        raise ValueError(f"the cached fused image is {np.shape(cache.get('fused'))} but the sources are {np.shape(a)}")
+    if isinstance(runner, str):
+        from ..engine.pipeline import resolve_runner
+
+        runner = resolve_runner(runner, "auto" if device is None else str(device))[0]
     base = base_of(runner)
     head_kw = {"background_value": background_value, "class_names": class_names, "class_colors": class_colors, "seed": seed}
     classes = {0 if v == background_value else int(v) for v in np.unique(labels) if v != 0}
@@ -111,7 +153,7 @@ def tune_steps(
         net_labels, net_bg = _network_labels(base, labels, background_value)
         train = finetune_steps(base, a, b, net_labels, steps=int(steps), lr=lr, class_names=class_names if net_bg is background_value else None,
                                device=device, background_value=net_bg, seed=seed, **train_kw)
-    return (yield from _run(base, a, b, labels, head_kw, train, int(steps), refresh_seconds))
+    return (yield from _run(base, a, b, labels, head_kw, train, int(steps), refresh_seconds, cache))
 
 
 MAX_NETWORK_CLASS = 64  # painted values above this are renumbered for the network (its head has one output per value)
@@ -139,9 +181,9 @@ def _network_labels(base, labels: np.ndarray, background_value: int | None) -> t
     return out, bg
 
 
-def _run(base, a, b, labels, head_kw, train, steps, refresh_seconds) -> Generator[TuneProgress, None, TunedRunner]:
+def _run(base, a, b, labels, head_kw, train, steps, refresh_seconds, cache=None) -> Generator[TuneProgress, None, TunedRunner]:
     t0 = time.perf_counter()
-    tuned, fused, lab = _fit(base, a, b, labels, head_kw)
+    tuned, fused, lab = _fit(base, a, b, labels, head_kw, cache)
     yield TuneProgress("instant", 0, steps, time.perf_counter() - t0, runner=tuned, fused=fused, labels=lab)
     if train is None:
         return tuned
