@@ -242,6 +242,18 @@ def _report(args, runs, lives, load0, load1, extra: list[str]) -> str:
 
     import napari_fusion
 
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "src")
+    code = f"commit {git('rev-parse', '--short', 'HEAD') or '?'}" + (
+        f" with uncommitted changes in {', '.join(sorted({l[3:] for l in dirty.splitlines()}))}" if dirty else ""
+    )
     cmd = "xvfb-run -a -s \"-screen 0 1600x1000x24\" python benchmarks/widget_timeline.py " + " ".join(sys.argv[1:])
     lines = [
         "# Fine-tune widget: timeline in the widget path",
@@ -252,7 +264,7 @@ def _report(args, runs, lives, load0, load1, extra: list[str]) -> str:
         f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} (1 / 5 / 15 min) before the run, "
         f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} after; torch {torch.__version__} with "
         f"{args.threads} thread(s), CPU only; napari {napari.__version__}, napari-fusion "
-        f"{napari_fusion.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"{napari_fusion.__version__} ({code}), Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "**What is timed.** A napari viewer under Xvfb; strokes painted with the brush (simulated mouse "
         "drags, one undoable paint per stroke); the **Fine-tune** button clicked; the seconds from the click "
