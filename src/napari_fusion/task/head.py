@@ -1,13 +1,19 @@
 """A pixel classifier fitted in about a second on painted strokes: the instant result of fine-tuning.
 
-The head is a small MLP on the filter features of the sources and of the fused image
-(:mod:`.features`), standardised with the painted pixels' statistics and trained full-batch with
-class-balanced cross-entropy, so that a class painted with a few pixels counts as much as one painted
-with many. After fitting, a painted class that the head would still lose on most of its own strokes
-gets its bias raised until it wins there: no painted class can vanish from the result.
+The head is a random forest (scikit-learn: 50 trees of depth at most 10, as ilastik-style pixel
+classifiers use) on the filter features of the sources and of the fused image (:mod:`.features`),
+plus a segmenting model's own labels. We tried a small class-balanced MLP first: on the MSRS 00055D
+strokes it reached 0.95 held-out stroke accuracy where a forest on the same features reached 1.00
+(it extrapolated one held-out road stroke into foliage), and on BraTS its class weights
+over-predicted the rare tumour classes; the forest has neither problem.
+
+The forest is scikit-learn's, for fitting and predicting; in a model file it is kept as plain arrays
+(its nodes: children, features, thresholds, class fractions; safetensors, no pickle) and rebuilt
+into a scikit-learn forest when the file is loaded (:func:`_forest_from_arrays`). After fitting, a painted class that the head would still lose on most of
+its own strokes gets its probability raised until it wins there: no painted class can vanish.
 
 Label values are the painted values themselves (painting class 10000 costs what class 2 costs: the
-head has one output per *painted* class), except ``background_value``, which means class 0.
+forest has one output per *painted* class), except ``background_value``, which means class 0.
 """
 from __future__ import annotations
 
@@ -16,53 +22,42 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["PixelHead", "fit_head", "HEAD_HIDDEN"]
+__all__ = ["PixelHead", "fit_head", "N_TREES", "MAX_DEPTH"]
 
-HEAD_HIDDEN = 32
+N_TREES = 50
+MAX_DEPTH = 10
 MAX_PIXELS_PER_CLASS = 20_000  # painted pixels used per class (a random subset beyond it)
 MIN_STROKE_RECALL = 0.5  # a painted class must win on at least this share of its own strokes
+_TENSORS = ("node_count", "feature", "threshold", "left", "right", "value", "bias")
 
 
 @dataclass
 class PixelHead:
-    """Weights of the head and what its outputs mean (``values[k]`` is output ``k``'s label value)."""
+    """The forest (scikit-learn) and what its outputs mean (``values[k]`` is output ``k``'s label value)."""
 
     values: tuple[int, ...]
     names: tuple[str, ...]
     colors: tuple[str, ...]
-    mean: torch.Tensor  # (C,)
-    std: torch.Tensor  # (C,)
-    w1: torch.Tensor  # (hidden, C)
-    b1: torch.Tensor  # (hidden,)
-    w2: torch.Tensor  # (K, hidden)
-    b2: torch.Tensor  # (K,)
+    forest: Any  # sklearn RandomForestClassifier fitted on output indices 0..K-1
+    bias: torch.Tensor  # (K,) added to the probabilities (raised for a class that would vanish)
+    n_features: int = 0
     smooth: float = 1.0  # Gaussian sigma on the class probabilities before the decision (0: none)
     info: dict = field(default_factory=dict)
     last_decision: list = field(default_factory=list, repr=False)  # labels of the images it was fitted on
 
-    @property
-    def n_features(self) -> int:
-        return int(self.mean.numel())
+    def probabilities(self, feats: np.ndarray) -> torch.Tensor:
+        """(H, W, C) features -> (1, K, H, W) class probabilities of the forest."""
+        f = np.asarray(feats, np.float32)
+        if f.ndim != 3 or f.shape[-1] != self.n_features:
+            raise ValueError(f"the head takes (H, W, {self.n_features}) features, got {tuple(f.shape)}")
+        h, w, c = f.shape
+        p = self.forest.predict_proba(f.reshape(-1, c)).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(p.T)).reshape(1, len(self.values), h, w)
 
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) features -> (N, K, H, W) logits (differentiable)."""
-        x = (feats - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
-        h = F.gelu(F.conv2d(x, self.w1[:, :, None, None], self.b1))
-        return F.conv2d(h, self.w2[:, :, None, None], self.b2)
-
-    @torch.no_grad()
-    def raw_logits(self, feats: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(H, W, C) features -> (1, K, H, W) logits."""
-        t = torch.as_tensor(np.asarray(feats, np.float32)) if not isinstance(feats, torch.Tensor) else feats
-        if t.ndim != 3 or t.shape[-1] != self.n_features:
-            raise ValueError(f"the head takes (H, W, {self.n_features}) features, got {tuple(t.shape)}")
-        return self.logits(t.permute(2, 0, 1)[None].to(self.mean.device))
-
-    def decide(self, logits: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, K, H, W) logits (+ a bias change) -> (H, W) output indices, probabilities smoothed."""
-        p = torch.softmax(logits if bias is None else logits + bias.view(1, -1, 1, 1), 1)
+    def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, K, H, W) probabilities -> (H, W) output indices (smoothed, with the head's bias)."""
+        p = probs + (self.bias if bias is None else self.bias + bias).view(1, -1, 1, 1)
         if self.smooth > 0:
             from .features import _blur
 
@@ -71,43 +66,109 @@ class PixelHead:
 
     def predict(self, feats: np.ndarray | torch.Tensor) -> np.ndarray:
         """(H, W, C) features -> (H, W) int32 label values."""
-        k = self.decide(self.raw_logits(feats)).cpu().numpy()
+        k = self.decide(self.probabilities(feats)).cpu().numpy()
         return np.asarray(self.values, np.int32)[k]
 
-    def to(self, device) -> "PixelHead":
-        for k in ("mean", "std", "w1", "b1", "w2", "b2"):
-            setattr(self, k, getattr(self, k).to(device))
+    def to(self, device) -> "PixelHead":  # the traversal runs on the CPU (cheap next to the fusion)
         return self
 
     # --- persistence (tensors + JSON-able metadata; no code) ----------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().cpu().contiguous().clone() for k in ("mean", "std", "w1", "b1", "w2", "b2")}
+        arrays = _forest_arrays(self.forest, len(self.values))
+        arrays["bias"] = self.bias.detach().cpu().clone()
+        return arrays
 
     def meta(self) -> dict[str, Any]:
-        return {"values": list(self.values), "names": list(self.names), "colors": list(self.colors), "smooth": self.smooth,
-                "hidden": int(self.w1.shape[0]), "n_features": self.n_features, "info": self.info}
+        return {"kind": "random-forest", "values": list(self.values), "names": list(self.names), "colors": list(self.colors),
+                "smooth": self.smooth, "n_features": self.n_features, "info": self.info}
 
     @classmethod
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "PixelHead":
+        if meta.get("kind") != "random-forest":
+            raise ValueError(f"unknown head kind {meta.get('kind')!r}; this build reads 'random-forest' heads")
         values = tuple(int(v) for v in meta["values"])
-        k, c, h = len(values), int(meta["n_features"]), int(meta["hidden"])
-        want = {"mean": (c,), "std": (c,), "w1": (h, c), "b1": (h,), "w2": (k, h), "b2": (k,)}
-        for name, shape in want.items():
+        k, c = len(values), int(meta["n_features"])
+        for name in _TENSORS:
             if name not in tensors:
                 raise KeyError(f"head tensor {name!r} is missing")
+        t_, n_ = tensors["feature"].shape
+        want = {"node_count": (t_,), "threshold": (t_, n_), "left": (t_, n_), "right": (t_, n_), "value": (t_, n_, k), "bias": (k,)}
+        for name, shape in want.items():
             if tuple(tensors[name].shape) != shape:
                 raise ValueError(f"head tensor {name!r} is {tuple(tensors[name].shape)}, expected {shape}")
         names, colors = tuple(str(x) for x in meta["names"]), tuple(str(x) for x in meta["colors"])
         if len(names) != k or len(colors) != k or len(set(values)) != k:
             raise ValueError("head metadata: values, names and colors must be lists of one length with unique values")
-        return cls(values, names, colors, *(tensors[n].float() for n in want), smooth=float(meta.get("smooth", 1.0)),
-                   info=dict(meta.get("info") or {}))
+        if tensors["feature"].device.type == "meta":  # the loader's dry run: shapes only
+            forest = None
+        else:
+            forest = _forest_from_arrays({n: tensors[n].cpu().numpy() for n in _TENSORS}, c, k)
+        return cls(values, names, colors, forest, tensors["bias"].float(), n_features=c,
+                   smooth=float(meta.get("smooth", 1.0)), info=dict(meta.get("info") or {}))
 
 
 def _default_color(value: int) -> str:
     from ..methods.tdfusion import default_class_color
 
     return default_class_color(int(value))
+
+
+def _forest_arrays(rf, n_classes: int) -> dict[str, torch.Tensor]:
+    """A fitted forest's trees as padded (T, N) node arrays (scikit-learn's own conventions: child -1
+    and feature -2 at leaves) and (T, N, K) class fractions."""
+    trees = [e.tree_ for e in rf.estimators_]
+    n, T = max(t.node_count for t in trees), len(trees)
+    out = {"node_count": np.zeros(T, np.int64), "feature": np.full((T, n), -2, np.int64), "threshold": np.zeros((T, n), np.float64),
+           "left": np.full((T, n), -1, np.int64), "right": np.full((T, n), -1, np.int64), "value": np.zeros((T, n, n_classes), np.float32)}
+    for i, t in enumerate(trees):
+        m = t.node_count
+        out["node_count"][i] = m
+        out["feature"][i, :m], out["threshold"][i, :m] = t.feature[:m], t.threshold[:m]
+        out["left"][i, :m], out["right"][i, :m] = t.children_left[:m], t.children_right[:m]
+        v = t.value[:m, 0, :]
+        out["value"][i, :m] = v / np.maximum(v.sum(1, keepdims=True), 1e-12)
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def _forest_from_arrays(a: Mapping[str, np.ndarray], n_features: int, n_classes: int):
+    """A scikit-learn forest rebuilt from :func:`_forest_arrays` (checked: indices in range, a tree)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree._tree import Tree
+
+    probe = DecisionTreeClassifier(max_depth=1).fit([[0.0], [1.0]], [0, 1]).tree_.__getstate__()["nodes"].dtype
+    estimators = []
+    for i, m in enumerate(a["node_count"].astype(int)):
+        if not 0 < m <= a["feature"].shape[1]:
+            raise ValueError(f"head tree {i}: node count {m} outside 1..{a['feature'].shape[1]}")
+        left, right, feat = a["left"][i, :m], a["right"][i, :m], a["feature"][i, :m]
+        leaf = left < 0
+        if np.any(leaf != (right < 0)) or np.any(left[~leaf] <= np.arange(m)[~leaf]) or np.any(right[~leaf] >= m) \
+                or np.any(left[~leaf] >= m) or np.any(right[~leaf] <= np.arange(m)[~leaf]) \
+                or np.any((feat[~leaf] < 0) | (feat[~leaf] >= n_features)) or not np.all(np.isfinite(a["threshold"][i, :m])):
+            raise ValueError(f"head tree {i} is not a valid decision tree (children, features or thresholds out of range)")
+        nodes = np.zeros(m, dtype=probe)
+        nodes["left_child"], nodes["right_child"], nodes["feature"] = left, right, np.where(leaf, -2, feat)
+        nodes["threshold"] = np.where(leaf, -2.0, a["threshold"][i, :m])
+        nodes["n_node_samples"], nodes["weighted_n_node_samples"] = 1, 1.0
+        tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
+        depth = _depth(left, right)
+        tree.__setstate__({"max_depth": depth, "node_count": m, "nodes": nodes,
+                           "values": np.ascontiguousarray(a["value"][i, :m, None, :], dtype=np.float64)})
+        est = DecisionTreeClassifier()
+        est.tree_, est.n_outputs_, est.n_classes_, est.classes_, est.n_features_in_ = tree, 1, n_classes, np.arange(n_classes), n_features
+        estimators.append(est)
+    rf = RandomForestClassifier(n_estimators=len(estimators), n_jobs=1)
+    rf.estimators_, rf.n_outputs_, rf.n_classes_, rf.classes_, rf.n_features_in_ = estimators, 1, n_classes, np.arange(n_classes), n_features
+    return rf
+
+
+def _depth(left: np.ndarray, right: np.ndarray) -> int:
+    depth = np.zeros(len(left), np.int64)
+    for i in range(len(left)):  # children come after their parent (checked above)
+        if left[i] >= 0:
+            depth[left[i]] = depth[right[i]] = depth[i] + 1
+    return int(depth.max())
 
 
 def fit_head(
@@ -117,10 +178,8 @@ def fit_head(
     background_value: int | None = None,
     class_names: Mapping[int, str] | None = None,
     class_colors: Mapping[int, str] | None = None,
-    hidden: int = HEAD_HIDDEN,
-    steps: int = 150,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-4,
+    n_trees: int = N_TREES,
+    max_depth: int = MAX_DEPTH,
     smooth: float = 1.0,
     seed: int = 0,
 ) -> PixelHead:
@@ -129,21 +188,19 @@ def fit_head(
     ``feats``: (H, W, C) features of each image (:func:`.features.pixel_features`); ``strokes``: the
     painted labels on the same grid (0 = unpainted). At least two classes must be painted.
     """
+    from sklearn.ensemble import RandomForestClassifier
+
     feats = [feats] if isinstance(feats, np.ndarray) else list(feats)
-    strokes = [strokes] if isinstance(strokes, np.ndarray) else list(strokes)
+    strokes = [np.asarray(strokes)] if isinstance(strokes, np.ndarray) else [np.asarray(s) for s in strokes]
     if len(feats) != len(strokes):
         raise ValueError(f"{len(feats)} feature images but {len(strokes)} stroke images")
-    xs, ys = [], []
     for i, (f, s) in enumerate(zip(feats, strokes)):
-        s = np.asarray(s)
         if f.shape[:2] != s.shape:
             raise ValueError(f"strokes {i} are {s.shape} but their features are {f.shape[:2]}")
-        m = s > 0
-        xs.append(np.asarray(f[m], np.float32))
-        ys.append(s[m].astype(np.int64))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if background_value is not None:
-        y = np.where(y == int(background_value), 0, y)
+    as_class = [np.where(s == background_value, 0, s) if background_value is not None else s for s in strokes]
+    masks = [s > 0 for s in strokes]
+    x = np.concatenate([np.asarray(f[m], np.float32) for f, m in zip(feats, masks)])
+    y = np.concatenate([c[m].astype(np.int64) for c, m in zip(as_class, masks)])
     values = tuple(int(v) for v in np.unique(y))
     if len(values) < 2:
         what = "nothing is painted" if not values else f"only class {values[0]} is painted"
@@ -155,41 +212,23 @@ def fit_head(
         idx = np.flatnonzero(y == v)
         keep.append(idx if len(idx) <= MAX_PIXELS_PER_CLASS else rng.choice(idx, MAX_PIXELS_PER_CLASS, replace=False))
     keep = np.concatenate(keep)
-    x, y = x[keep], np.searchsorted(values, y[keep])
-    counts = np.bincount(y, minlength=len(values)).astype(np.float32)
-    weight = torch.from_numpy(counts.sum() / (len(values) * counts))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    mean, std = xt.mean(0), xt.std(0) + 1e-6
-    xn = (xt - mean) / std
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        l1, l2 = torch.nn.Linear(x.shape[1], hidden), torch.nn.Linear(hidden, len(values))
-    opt = torch.optim.Adam([*l1.parameters(), *l2.parameters()], lr=lr, weight_decay=weight_decay)
-    for _ in range(int(steps)):
-        opt.zero_grad()
-        loss = F.cross_entropy(l2(F.gelu(l1(xn))), yt, weight=weight)
-        loss.backward()
-        opt.step()
+    rf = RandomForestClassifier(n_estimators=int(n_trees), max_depth=int(max_depth), n_jobs=1, random_state=seed)
+    rf.fit(x[keep], np.searchsorted(values, y[keep]))
     names = {int(k): str(v) for k, v in (class_names or {}).items()}
     colors = {int(k): str(v) for k, v in (class_colors or {}).items()}
     name_of = lambda v: names.get(v, "background" if v == 0 else f"class {v}")  # noqa: E731
-    head = PixelHead(
-        values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
-        mean, std, l1.weight.detach().clone(), l1.bias.detach().clone(), l2.weight.detach().clone(), l2.bias.detach().clone(),
-        smooth=float(smooth),
-    )
+    head = PixelHead(values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
+                     rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), smooth=float(smooth))
     # every painted class must win on at least half of its own strokes, as the head decides on whole
-    # images (smoothed probabilities): raise the bias of any class that does not, until it does
-    logits = [head.raw_logits(f) for f in feats]
-    index = [np.searchsorted(values, np.where(s == background_value, 0, s) if background_value is not None else s) for s in strokes]
-    painted_masks = [np.asarray(s) > 0 for s in strokes]
+    # images (smoothed probabilities): raise any class that does not, until it does
+    probs = [head.probabilities(f) for f in feats]
+    index = [np.searchsorted(values, c) for c in as_class]
     bias = torch.zeros(len(values))
     raised: set[int] = set()
     for attempt in range(12):
-        hit, total = np.zeros(len(values)), np.zeros(len(values))
-        decided = []
-        for lg, idx, m in zip(logits, index, painted_masks):
-            k = head.decide(lg, bias).cpu().numpy()
+        hit, total, decided = np.zeros(len(values)), np.zeros(len(values)), []
+        for p, idx, m in zip(probs, index, masks):
+            k = head.decide(p, bias).cpu().numpy()
             decided.append(k)
             np.add.at(total, idx[m], 1)
             np.add.at(hit, idx[m][k[m] == idx[m]], 1)
@@ -197,10 +236,10 @@ def fit_head(
         if not losing:
             break
         for k in losing:
-            bias[k] += 0.5 * 2 ** min(attempt, 6)
+            bias[k] += 0.05 * 2 ** min(attempt, 6)
             raised.add(values[k])
-    head.b2 = head.b2 + bias
+    head.bias = head.bias + bias
     head.info = {"painted_pixels": painted, "stroke_accuracy": round(float(hit.sum() / max(total.sum(), 1)), 4),
-                 "loss": round(float(loss.detach()), 5), "bias_raised_for": sorted(raised), "steps": int(steps)}
-    head.last_decision = [np.asarray(values, np.int32)[k] for k in decided]  # the labels of the images fitted on
+                 "bias_raised_for": sorted(raised), "trees": int(n_trees), "max_depth": int(max_depth)}
+    head.last_decision = [np.asarray(values, np.int32)[k] for k in decided]
     return head
