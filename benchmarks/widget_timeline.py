@@ -246,13 +246,13 @@ def _report(args, runs, lives, load0, load1, extra: list[str]) -> str:
 
     def git(*a):
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         except Exception:  # noqa: BLE001
             return ""
 
-    dirty = git("status", "--porcelain", "--", "src")
-    code = f"commit {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-        f" with uncommitted changes in {', '.join(sorted({l[3:] for l in dirty.splitlines()}))}" if dirty else ""
+    dirty = sorted({line[3:] for line in git("status", "--porcelain", "--", "src").splitlines() if len(line) > 3})
+    code = f"commit {git('rev-parse', '--short', 'HEAD').strip() or '?'}" + (
+        f" with uncommitted changes in {', '.join(dirty)}" if dirty else ""
     )
     cmd = "xvfb-run -a -s \"-screen 0 1600x1000x24\" python benchmarks/widget_timeline.py " + " ".join(sys.argv[1:])
     lines = [
