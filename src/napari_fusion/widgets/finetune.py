@@ -590,7 +590,7 @@ class FinetuneWidget(QWidget):
         job = self._job = {
             "req": req, "steps": steps, "fused_name": fused_name, "labels_name": labels_name,
             "snapshot": self._snapshot([fused_name, labels_name]), "model_before": self.model.label(),
-            "last": None, "outcome": None, "t0": time.perf_counter(), "created": False,
+            "last": None, "outcome": None, "t0": time.perf_counter(),
         }
         self.losses, self.updates = [], []
         base_label = req["label"]
@@ -627,7 +627,8 @@ class FinetuneWidget(QWidget):
             if self._job is not job or job["outcome"] is not None:
                 return
             if job["last"] is None:  # (the loop always yields its result first)
-                raise RuntimeError("the fine-tuning loop returned no result")
+                errored(RuntimeError("the fine-tuning loop returned no result"))
+                return
             entry = self._keep(job)
             self.progress.done("done")
             what = f"{steps} steps" if steps else "labels head"
@@ -866,8 +867,8 @@ class FinetuneWidget(QWidget):
                "labels_name": labels_layer_name(req["target"], a.name, b.name), "live": True}
 
         def yielded(s: _Shown):
-            if gen <= self._live_shown or self.running or s.labels is None:
-                return  # something newer is shown, or a Fine-tune owns the layers now
+            if gen <= self._live_shown or self.running or s.labels is None or self.model.label() != req["label"]:
+                return  # something newer is shown, a Fine-tune owns the layers now, or another model was chosen
             self._live_shown = gen
             job["last"] = s
             self._show(s, job, req)
