@@ -86,6 +86,32 @@ def tab(make_napari_viewer, sample_layers):
     return viewer, w, strokes
 
 
+def _brush(layer, label: int, points, size: int = 3) -> None:
+    """One stroke of napari's brush through ``points``: mouse press, drag, release (as in paint mode)."""
+    from dataclasses import dataclass
+
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    @dataclass
+    class Event:
+        type: str
+        position: tuple
+        is_dragging: bool = False
+        dims_displayed: tuple = (0, 1)
+        dims_point: tuple = (0, 0)
+        view_direction: tuple | None = None
+        pos: tuple = (0, 0)
+        button: int = 1
+        handled: bool = False
+
+    layer.mode, layer.selected_label, layer.brush_size = "paint", label, size
+    mouse_press_callbacks(layer, ReadOnlyWrapper(Event("mouse_press", points[0])))
+    for p in points[1:]:
+        mouse_move_callbacks(layer, ReadOnlyWrapper(Event("mouse_move", p, is_dragging=True)))
+    mouse_release_callbacks(layer, ReadOnlyWrapper(Event("mouse_release", points[-1])))
+
+
 def _labels_events(layer) -> list:
     seen = []
     layer.events.data.connect(lambda e: seen.append(np.array(layer.data, copy=True)))
@@ -237,9 +263,9 @@ def test_live_refits_after_each_new_stroke(tab, qtbot):
     assert w.current_entry().label == "gifnet tuned"
     fused = viewer.layers["gifnet tuned (ir + vi)"]
     fused_events = _labels_events(fused)
-    # a brush stroke of a new class (one undoable paint, as the brush gives at mouse release)
-    strokes.paint((250, 200), 4)
-    strokes.data_setitem(tuple(np.mgrid[286:290, 60:420].reshape(2, -1)), 4)
+    # a brush stroke of a new class, dragged with the mouse (napari emits `paint` at the release)
+    _brush(strokes, 4, [(288.0, float(x)) for x in range(60, 420, 20)])
+    assert (strokes.data == 4).sum() > 300
     assert not w.live_running  # debounced: nothing runs while the user paints
     qtbot.waitUntil(lambda: 4 in np.unique(labels.data), timeout=WAIT)
     assert [c.index for c in w.current_entry().runner.classes] == [1, 2, 3, 4]
