@@ -198,8 +198,9 @@ def _run(base, a, b, labels, head_kw, train, steps, refresh_seconds, cache=None)
         model = p.model
         yield TuneProgress("adapting", p.step, steps, time.perf_counter() - t0, p.task_loss, p.fusion_loss)
         if model is not None and p.step < steps and time.perf_counter() - last_refresh >= refresh_seconds:
-            with _inference(model):
-                tuned, fused, lab = _fit(model, a, b, labels, head_kw)
+            with _inference(model):  # a copy: the model itself trains on after this result is shown
+                snapshot = model.copy() if hasattr(model, "copy") else model
+                tuned, fused, lab = _fit(snapshot, a, b, labels, head_kw)
             yield TuneProgress("refreshed", p.step, steps, time.perf_counter() - t0, p.task_loss, p.fusion_loss, tuned, fused, lab)
             last_refresh = time.perf_counter()
     tuned, fused, lab = _fit(model, a, b, labels, head_kw)

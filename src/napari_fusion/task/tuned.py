@@ -21,14 +21,50 @@ __all__ = ["TunedRunner", "attach_head", "split_head_tensors", "HEAD_INPUTS"]
 HEAD_INPUTS = ("a", "b", "fused")  # the images whose filter features the head reads, in order
 
 
+def segments(model: Any) -> bool:
+    """Whether a fusion model gives labels of its own (then the head also reads them)."""
+    return bool(getattr(model, "classes", None)) and (hasattr(model, "fuse_and_segment") or hasattr(model, "segment"))
+
+
+def base_label_values(model: Any) -> tuple[int, ...]:
+    return tuple(int(c.index) for c in model.classes) if segments(model) else ()
+
+
+def one_hot(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    """(H, W) labels -> (H, W, len(values)) float32 indicators: a segmenting base's answer as head features."""
+    return np.stack([labels == v for v in values], -1).astype(np.float32) if values else np.zeros((*labels.shape, 0), np.float32)
+
+
+def fuse_with_base_labels(model: Any, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's fused image and, for a segmenting model, its labels (one pass where it can)."""
+    if not segments(model):
+        return np.asarray(model.fuse(a, b), np.float32), None
+    if hasattr(model, "fuse_and_segment"):
+        fused, lab = model.fuse_and_segment(a, b)
+    else:
+        fused = model.fuse(a, b)
+        lab = model.segment(fused, a, b)
+    return np.asarray(fused, np.float32), np.asarray(lab)
+
+
+def head_features(a, b, fused, base_labels, values, device="cpu") -> np.ndarray:
+    """What the head reads: filter features of A, B and the fused image (+ the base's labels, one-hot)."""
+    feats = pixel_features(a, b, fused, device=device)
+    if values:
+        feats = np.concatenate([feats, one_hot(base_labels, values)], -1)
+    return feats
+
+
 class TunedRunner:
     """``base`` (any fusion runner) + ``head`` (a :class:`PixelHead` on features of A, B and the fused image)."""
 
     tiles_exact = False  # the features' mirrored borders differ at tile edges (blended overlap hides it)
 
     def __init__(self, base: Any, head: PixelHead, meta: dict | None = None):
-        if head.n_features != len(HEAD_INPUTS) * len(FEATURE_SIGMAS) * 4:
-            raise ValueError(f"the head reads {head.n_features} features; this build computes {len(HEAD_INPUTS) * len(FEATURE_SIGMAS) * 4}")
+        self.base_values = base_label_values(base)
+        want = len(HEAD_INPUTS) * len(FEATURE_SIGMAS) * 4 + len(self.base_values)
+        if head.n_features != want:
+            raise ValueError(f"the head reads {head.n_features} features; this model and build give {want}")
         self.base, self.head = base, head
         base_name = str(getattr(base, "name", "model"))
         self.meta: dict[str, Any] = dict(meta or {})
@@ -80,20 +116,18 @@ class TunedRunner:
         return self
 
     # --- running -------------------------------------------------------------------------------
-    def features(self, a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> np.ndarray:
-        return pixel_features(a, b, fused, device=self.device)
-
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.base.fuse(a, b)
 
     def fuse_and_segment(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        fused = np.asarray(self.base.fuse(a, b), np.float32)
-        return fused, self.head.predict(self.features(a, b, fused))
+        fused, base_labels = fuse_with_base_labels(self.base, a, b)
+        return fused, self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device))
 
     def segment(self, fused: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
         a = fused if a is None else a
         b = fused if b is None else b
-        return self.head.predict(self.features(a, b, fused))
+        base_labels = self.base.segment(fused, a, b) if self.base_values else None
+        return self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device))
 
     def copy(self) -> "TunedRunner":
         base = self.base.copy() if hasattr(self.base, "copy") else self.base
@@ -110,7 +144,8 @@ class TunedRunner:
         tensors, meta = self.base.to_bundle()
         tensors = {**tensors, **{f"head.{k}": v for k, v in self.head.tensors().items()}}
         meta = {**meta, **{k: v for k, v in self.meta.items() if k not in ("family", "config", "classes")}}
-        meta["head"] = {**self.head.meta(), "inputs": list(HEAD_INPUTS), "sigmas": list(FEATURE_SIGMAS)}
+        meta["head"] = {**self.head.meta(), "inputs": list(HEAD_INPUTS), "sigmas": list(FEATURE_SIGMAS),
+                        "base_labels": list(self.base_values)}
         meta["outputs"] = ["fused", "labels"]
         return tensors, meta
 
