@@ -29,7 +29,7 @@ N_TREES = 50
 MAX_DEPTH = 10
 MAX_PIXELS_PER_CLASS = 20_000  # painted pixels used per class (a random subset beyond it)
 MIN_STROKE_RECALL = 0.5  # a painted class must win on at least this share of its own strokes
-_TENSORS = ("node_count", "feature", "threshold", "left", "right", "value", "bias")
+_TENSORS = ("node_count", "feature", "threshold", "left", "right", "value", "bias")  # + "weight" (optional)
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PixelHead:
     forest: Any  # sklearn RandomForestClassifier fitted on output indices 0..K-1
     bias: torch.Tensor  # (K,) added to the probabilities (raised for a class that would vanish)
     n_features: int = 0
+    weight: torch.Tensor | None = None  # (K,) prior correction: probabilities x weight before the decision
     smooth: float = 1.0  # Gaussian sigma on the class probabilities before the decision (0: none)
     info: dict = field(default_factory=dict)
     last_decision: list = field(default_factory=list, repr=False)  # labels of the images it was fitted on
@@ -57,6 +58,8 @@ class PixelHead:
 
     def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """(1, K, H, W) probabilities -> (H, W) output indices (smoothed, with the head's bias)."""
+        if self.weight is not None:
+            probs = probs * self.weight.view(1, -1, 1, 1)
         p = probs + (self.bias if bias is None else self.bias + bias).view(1, -1, 1, 1)
         if self.smooth > 0:
             from .features import _blur
@@ -76,6 +79,7 @@ class PixelHead:
     def tensors(self) -> dict[str, torch.Tensor]:
         arrays = _forest_arrays(self.forest, len(self.values))
         arrays["bias"] = self.bias.detach().cpu().clone()
+        arrays["weight"] = (self.weight if self.weight is not None else torch.ones(len(self.values))).detach().cpu().clone()
         return arrays
 
     def meta(self) -> dict[str, Any]:
@@ -103,7 +107,11 @@ class PixelHead:
             forest = None
         else:
             forest = _forest_from_arrays({n: tensors[n].cpu().numpy() for n in _TENSORS}, c, k)
+        weight = tensors.get("weight")
+        if weight is not None and tuple(weight.shape) != (k,):
+            raise ValueError(f"head tensor 'weight' is {tuple(weight.shape)}, expected {(k,)}")
         return cls(values, names, colors, forest, tensors["bias"].float(), n_features=c,
+                   weight=None if weight is None else weight.float(),
                    smooth=float(meta.get("smooth", 1.0)), info=dict(meta.get("info") or {}))
 
 
@@ -182,11 +190,16 @@ def fit_head(
     max_depth: int = MAX_DEPTH,
     smooth: float = 1.0,
     seed: int = 0,
+    priors: Mapping[int, float] | None = None,
 ) -> PixelHead:
     """Fit a head on the painted pixels (``strokes > 0``) of one or several images.
 
     ``feats``: (H, W, C) features of each image (:func:`.features.pixel_features`); ``strokes``: the
     painted labels on the same grid (0 = unpainted). At least two classes must be painted.
+    ``priors``: how common each class (by label value; class 0 for the background) really is, e.g.
+    from a segmenting model's labels. Strokes over-sample rare classes (a few strokes of tumour, a
+    few of background); the forest's probabilities are then corrected by prior / painted share, the
+    usual label-shift correction, so a rare class is not painted over every look-alike pixel.
     """
     from sklearn.ensemble import RandomForestClassifier
 
@@ -217,8 +230,13 @@ def fit_head(
     names = {int(k): str(v) for k, v in (class_names or {}).items()}
     colors = {int(k): str(v) for k, v in (class_colors or {}).items()}
     name_of = lambda v: names.get(v, "background" if v == 0 else f"class {v}")  # noqa: E731
+    weight = None
+    if priors:
+        share = np.bincount(np.searchsorted(values, y[keep]), minlength=len(values)) / len(keep)
+        prior = np.array([float(priors.get(v, share[k])) for k, v in enumerate(values)])
+        weight = torch.from_numpy(np.clip(prior / np.maximum(share, 1e-9), 0.02, 50.0).astype(np.float32))
     head = PixelHead(values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
-                     rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), smooth=float(smooth))
+                     rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), weight=weight, smooth=float(smooth))
     # every painted class must win on at least half of its own strokes, as the head decides on whole
     # images (smoothed probabilities): raise any class that does not, until it does
     probs = [head.probabilities(f) for f in feats]

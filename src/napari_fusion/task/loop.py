@@ -86,10 +86,13 @@ def _fit(base, a, b, labels, head_kw, cache=None):
         feats = head_features(a, b, fused, base_labels, values, getattr(base, "device", "cpu"))
         if cache is not None:
             cache.update(fused=fused, base_labels=base_labels, features=feats)
-    train = labels
+    train, priors = labels, None
     if base_labels is not None:
         train = _with_base_replay(labels, base_labels, head_kw.get("background_value"), head_kw.get("seed", 0))
-    head = fit_head(feats, train, **head_kw)
+        if train is not labels:  # corrections: the model's labels say how common each class is
+            bg = head_kw.get("background_value")
+            priors = {int(v): float(np.mean(base_labels == (0 if v == bg else v))) for v in np.unique(labels) if v != 0}
+    head = fit_head(feats, train, priors=priors, **head_kw)
     return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
 
 
