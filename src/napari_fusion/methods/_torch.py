@@ -175,14 +175,6 @@ class TorchRunner:
         """Scalar parameters of all the runner's modules."""
         return count_parameters(self.modules.values())
 
-    @property
-    def rows_reversed(self) -> bool:
-        """The model was trained on images whose rows run bottom-up relative to napari-fusion's display
-        order (metadata ``input_orientation: "rows-reversed"``: the BraTS models' slices have the
-        posterior at the top, the NIfTI reader puts the anterior there); the runner flips its input
-        rows and flips the outputs back, so callers never see it."""
-        return (getattr(self, "meta", None) or {}).get("input_orientation") == "rows-reversed"
-
     # --- running -------------------------------------------------------------------------------
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -195,19 +187,16 @@ class TorchRunner:
         ``multiple`` overrides ``pad_multiple`` for this call (e.g. a sub-network with its own factor).
         """
         m = self.pad_multiple if multiple is None else int(multiple)
-        flip = self.rows_reversed
         with torch.inference_mode():
             ts = []
             hw = None
             for x in arrays:
-                t = to_tensor(x, self._device)
-                t, hw = pad_to_multiple(t.flip(-2) if flip else t, m)
+                t, hw = pad_to_multiple(to_tensor(x, self._device), m)
                 ts.append(t)
             out = fn(*ts)
-            back = (lambda o: crop_to(o, hw).flip(-2)) if flip else (lambda o: crop_to(o, hw))
             if isinstance(out, (tuple, list)):
-                return type(out)(back(o) for o in out)
-            return back(out)
+                return type(out)(crop_to(o, hw) for o in out)
+            return crop_to(out, hw)
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Two 2-D unit images of one shape -> fused 2-D float32 in [0, 1]."""

@@ -70,7 +70,7 @@ class TunedRunner:
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.setdefault("base", (getattr(base, "meta", None) or {}).get("base") or base_name.removesuffix("-tuned"))
         self.meta.setdefault("method", f"{self.meta['base']}-tuned")
-        for key in ("input_intensity", "input_orientation"):  # the base's input conventions hold for the whole
+        for key in ("input_intensity",):  # the base's input conventions hold for the whole
             if key in (getattr(base, "meta", None) or {}):
                 self.meta.setdefault(key, base.meta[key])
 
@@ -165,5 +165,5 @@ def attach_head(base: Any, head_tensors: dict[str, torch.Tensor], meta: dict) ->
     if hasattr(base, "meta"):
         base.meta = {k: v for k, v in base.meta.items() if k != "head"}
         base.meta["method"] = meta.get("base", base.meta.get("method"))
-    keep = {k: meta[k] for k in ("method", "base", "finetune_history", "input_intensity", "input_orientation") if k in meta}
+    keep = {k: meta[k] for k in ("method", "base", "finetune_history", "input_intensity") if k in meta}
     return TunedRunner(base, head, keep)

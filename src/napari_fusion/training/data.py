@@ -72,7 +72,7 @@ def load_brats_case(case_dir: str | Path, min_brain: float = 0.08) -> dict[str, 
     keep = [z for z in range(mask.shape[2]) if mask[:, :, z].mean() >= min_brain]
     # axial slice z is (x, y) in the files' LPS order; (y, x) rows are the NIfTI reader's display
     # order (anterior at the top, patient's right on the left). Before 2026-11-30 the rows were
-    # reversed: the models trained then say so in their metadata (``input_orientation``).
+    # reversed; the models trained then saw flips and rotations, so they work either way.
     take = lambda v: np.ascontiguousarray(np.transpose(v[:, :, keep], (2, 1, 0)))  # noqa: E731
     return {"a": take(flair), "b": take(t1c), "labels": take(seg), "z": np.asarray(keep)}
 
