@@ -19,7 +19,7 @@ the sources as the engine prepares them (unit gray/Y; the BraTS models' own inte
     ``multitaskvif`` untuned, its instant head, and a head on a model that knows no tumour (gifnet).
 
     python benchmarks/interactive.py --parts strokes boxes brats --threads 1
-writes docs/results/interactive.md (+ .csv) and prints the tables.
+updates the sections it ran of docs/results/interactive.md (+ .csv) and prints the tables.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS, environment, markdown_table, print_flush, write_csv, write_text
+from _common import RESULTS, environment, markdown_table, print_flush, read_csv, write_csv, write_text
 
 IGNORE = 255
 CLASSES = {0: "background", 1: "person", 3: "car"}  # scored (bicycle, label 2, is too rare to score)
@@ -362,14 +362,31 @@ def main(argv=None) -> int:
         sections.append(text)
         csv_rows += rows
     out = Path(args.out)
-    write_csv(out.with_suffix(".csv"), ["section", "method", "quantity", "value"], csv_rows)
-    head = f"""# Paint -> result: the instant task head vs an ilastik-style random forest
-
-Written by `python benchmarks/interactive.py {" ".join(sys.argv[1:] if argv is None else argv)}` ({environment("cpu")}).
-Rerun it rather than editing this file. See the script's docstring for the protocols.
-"""
-    write_text(out.with_suffix(".md"), head + "\n" + "\n".join(sections))
+    command = f"`python benchmarks/interactive.py {' '.join(sys.argv[1:] if argv is None else argv)}` ({environment('cpu')})"
+    sections = [t.replace("\n\n", f"\n\nWritten by {command}.\n\n", 1) for t in sections]
+    write_sections(out, sections, csv_rows)
     return 0
+
+
+HEADER = """# Paint -> result: the instant task head vs an ilastik-style random forest
+
+Each section is written by the command it names (a run updates the sections it ran and keeps the
+others); rerun them rather than editing this file. The protocols: `benchmarks/interactive.py`.
+"""
+
+
+def write_sections(out: Path, sections: list[str], csv_rows: list) -> None:
+    """Replace the sections (by their ``## `` heading's first words) of ``out``.md and their rows of
+    ``out``.csv; keep the others."""
+    md, csv_path = out.with_suffix(".md"), out.with_suffix(".csv")
+    old = md.read_text(encoding="utf-8").split("\n## ")[1:] if md.is_file() else []
+    key = lambda text: " ".join(text.lstrip("# ").split()[:2])  # noqa: E731 - "MSRS 00055D:", "MSRS object", "BraTS: strokes"
+    new_keys = {key(t) for t in sections}
+    kept = ["## " + t.rstrip("\n") + "\n" for t in old if key(t) not in new_keys]
+    write_text(md, HEADER + "\n" + "\n".join(kept + [t.rstrip("\n") + "\n" for t in sections]))
+    ran = {r[0] for r in csv_rows}
+    rows = [[r["section"], r["method"], r["quantity"], r["value"]] for r in read_csv(csv_path) if r["section"] not in ran] if csv_path.is_file() else []
+    write_csv(csv_path, ["section", "method", "quantity", "value"], rows + csv_rows)
 
 
 if __name__ == "__main__":
