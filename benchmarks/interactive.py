@@ -105,29 +105,28 @@ def part_strokes(args) -> tuple[str, list]:
         rf = fit_peer([f], [train])
         pred = peer_predict(rf, f)
     acc = float((pred[held] == lab[held]).mean())
-    rows.append(["peer: random forest on IR/visible filters", acc, c.wall, c.cpu, c.wall])
+    rows.append(["peer: random forest on IR/visible filters", acc, c.wall, c.cpu])
     for model in args.models:
         from napari_fusion.engine.pipeline import resolve_runner
 
         runner, _, _ = resolve_runner(model, "cpu")
-        with Clock() as cf:  # the model's fused image (the widget already has it after a Fuse)
-            runner.fuse(ua, ub)
+        runner.fuse(ua, ub)  # warm-up (first-call costs are not the method's)
         with Clock() as c:
             tuned = finetune(runner, ir, vi, train, steps=0, device="cpu")
             pred = labels_of(tuned, ir, vi)
         acc = float((pred[held] == lab[held]).mean())
-        rows.append([f"head on {model} (instant)", acc, c.wall, c.cpu, max(c.wall - 2 * cf.wall, 0.0)])
+        rows.append([f"head on {model} (instant)", acc, c.wall, c.cpu])
     for r in rows:
         csv_rows.append(["strokes", r[0], "held-out accuracy", r[1]])
         csv_rows.append(["strokes", r[0], "seconds", r[2]])
     text = f"""## MSRS 00055D: held-out strokes ({int((lab > 0).sum())} painted pixels in {len(ids)} strokes, {int(held.sum())} held out)
 
-Seconds from the strokes to the labels on the whole 480x640 pair (fit + predict; for the head also
-the model's fused image, computed twice: for fitting and by `fuse` applying the tuned model). The
-last column leaves those two fusion passes out: what a click costs when the fused image is already
-on screen (the widget keeps it).
+Seconds from the strokes to the labels on the whole 480x640 pair through the API (fit + predict; for
+the head also the model's fused image, computed twice: once to fit, once by `fuse` applying the tuned
+model). The Fine-tune widget keeps the fused image and features between clicks: its click-to-labels
+times are in [widget_timeline.md](widget_timeline.md).
 
-{markdown_table(["method", "held-out stroke accuracy", "seconds (wall)", "seconds (CPU)", "seconds without fusion passes"], rows, digits=[0, 3, 2, 2, 2])}
+{markdown_table(["method", "held-out stroke accuracy", "seconds (wall)", "seconds (CPU)"], rows, digits=[0, 3, 2, 2])}
 """
     return text, csv_rows
 
