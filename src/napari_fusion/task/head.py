@@ -43,6 +43,8 @@ class PixelHead:
     bias: torch.Tensor  # (K,) added to the probabilities (raised for a class that would vanish)
     n_features: int = 0
     weight: torch.Tensor | None = None  # (K,) prior correction: probabilities x weight before the decision
+    gate: torch.Tensor | None = None  # (K,) corrections: the head's class k replaces the model's label only by this margin
+    background_value: int | None = None  # the painted value that means class 0 (to map a model's labels)
     smooth: float = 1.0  # Gaussian sigma on the class probabilities before the decision (0: none)
     info: dict = field(default_factory=dict)
     last_decision: list = field(default_factory=list, repr=False)  # labels of the images it was fitted on
@@ -56,20 +58,45 @@ class PixelHead:
         p = self.forest.predict_proba(f.reshape(-1, c)).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(p.T)).reshape(1, len(self.values), h, w)
 
-    def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, K, H, W) probabilities -> (H, W) output indices (smoothed, with the head's bias)."""
+    def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None, base: np.ndarray | None = None,
+               gate: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, K, H, W) probabilities -> (H, W) output indices (smoothed, with the head's bias).
+
+        ``base``: the output index of a segmenting model's own label at each pixel (-1: none of the
+        head's classes). With a ``gate`` the head's answer replaces the model's only where its
+        probability beats the model's class by more than the gate (corrections keep what the model
+        knows: strokes on a few slices must not repaint the others).
+        """
         if self.weight is not None:
             probs = probs * self.weight.view(1, -1, 1, 1)
+        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
         p = probs + (self.bias if bias is None else self.bias + bias).view(1, -1, 1, 1)
         if self.smooth > 0:
             from .features import _blur
 
             p = _blur(p, self.smooth)
-        return p.argmax(1)[0]
+        k = p.argmax(1)[0]
+        gate = self.gate if gate is None else gate
+        if gate is None or base is None:
+            return k
+        b = torch.from_numpy(np.asarray(base, np.int64))
+        p_base = p[0].gather(0, b.clamp_min(0)[None])[0]
+        keep_base = (b >= 0) & (p[0].max(0).values - p_base <= gate[k])
+        return torch.where(keep_base, b, k)
 
-    def predict(self, feats: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(H, W, C) features -> (H, W) int32 label values."""
-        k = self.decide(self.probabilities(feats)).cpu().numpy()
+    def base_index(self, base_labels: np.ndarray | None) -> np.ndarray | None:
+        """A model's labels -> the head's output index of the same class at each pixel (-1: none)."""
+        if base_labels is None or self.gate is None:
+            return None
+        lut = {0 if v == self.background_value else v: i for i, v in enumerate(self.values)}
+        out = np.full(np.shape(base_labels), -1, np.int64)
+        for c, i in lut.items():
+            out[np.asarray(base_labels) == c] = i
+        return out
+
+    def predict(self, feats: np.ndarray | torch.Tensor, base_labels: np.ndarray | None = None) -> np.ndarray:
+        """(H, W, C) features (+ a segmenting model's labels, for a gated head) -> (H, W) int32 label values."""
+        k = self.decide(self.probabilities(feats), base=self.base_index(base_labels)).cpu().numpy()
         return np.asarray(self.values, np.int32)[k]
 
     def to(self, device) -> "PixelHead":  # the traversal runs on the CPU (cheap next to the fusion)
@@ -84,7 +111,9 @@ class PixelHead:
 
     def meta(self) -> dict[str, Any]:
         return {"kind": "random-forest", "values": list(self.values), "names": list(self.names), "colors": list(self.colors),
-                "smooth": self.smooth, "n_features": self.n_features, "info": self.info}
+                "smooth": self.smooth, "n_features": self.n_features, "info": self.info,
+                "gate": None if self.gate is None else [round(float(g), 6) for g in self.gate],
+                "background_value": self.background_value}
 
     @classmethod
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "PixelHead":
@@ -112,6 +141,8 @@ class PixelHead:
             raise ValueError(f"head tensor 'weight' is {tuple(weight.shape)}, expected {(k,)}")
         return cls(values, names, colors, forest, tensors["bias"].float(), n_features=c,
                    weight=None if weight is None else weight.float(),
+                   gate=None if meta.get("gate") is None else torch.tensor([float(g) for g in meta["gate"]])[:k],
+                   background_value=None if meta.get("background_value") is None else int(meta["background_value"]),
                    smooth=float(meta.get("smooth", 1.0)), info=dict(meta.get("info") or {}))
 
 
@@ -191,6 +222,8 @@ def fit_head(
     smooth: float = 1.0,
     seed: int = 0,
     priors: Mapping[int, float] | None = None,
+    gate: float | None = None,
+    base_labels: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> PixelHead:
     """Fit a head on the painted pixels (``strokes > 0``) of one or several images.
 
@@ -200,6 +233,7 @@ def fit_head(
     from a segmenting model's labels. Strokes over-sample rare classes (a few strokes of tumour, a
     few of background); the forest's probabilities are then corrected by prior / painted share, the
     usual label-shift correction, so a rare class is not painted over every look-alike pixel.
+    ``gate`` with ``base_labels`` (a segmenting model's labels of each image): see :meth:`PixelHead.decide`.
     """
     from sklearn.ensemble import RandomForestClassifier
 
@@ -236,17 +270,22 @@ def fit_head(
         prior = np.array([float(priors.get(v, share[k])) for k, v in enumerate(values)])
         weight = torch.from_numpy(np.clip(prior / np.maximum(share, 1e-9), 0.02, 50.0).astype(np.float32))
     head = PixelHead(values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
-                     rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), weight=weight, smooth=float(smooth))
+                     rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), weight=weight, smooth=float(smooth),
+                     gate=None if gate is None or base_labels is None else torch.full((len(values),), float(gate)),
+                     background_value=None if background_value is None else int(background_value))
+    bases = [None] * len(feats)
+    if head.gate is not None:
+        bases = [head.base_index(bl) for bl in ([base_labels] if isinstance(base_labels, np.ndarray) else list(base_labels))]
     # every painted class must win on at least half of its own strokes, as the head decides on whole
     # images (smoothed probabilities): raise any class that does not, until it does
     probs = [head.probabilities(f) for f in feats]
     index = [np.searchsorted(values, c) for c in as_class]
     bias = torch.zeros(len(values))
     raised: set[int] = set()
-    for attempt in range(12):
+    for attempt in range(16):
         hit, total, decided = np.zeros(len(values)), np.zeros(len(values)), []
-        for p, idx, m in zip(probs, index, masks):
-            k = head.decide(p, bias).cpu().numpy()
+        for p, idx, m, bi in zip(probs, index, masks, bases):
+            k = head.decide(p, bias, base=bi).cpu().numpy()
             decided.append(k)
             np.add.at(total, idx[m], 1)
             np.add.at(hit, idx[m][k[m] == idx[m]], 1)
@@ -254,6 +293,9 @@ def fit_head(
         if not losing:
             break
         for k in losing:
+            if head.gate is not None and head.gate[k] > 0:  # trust the user over the model for this class first
+                head.gate[k] = max(0.0, float(head.gate[k]) - 0.2)
+                continue
             bias[k] += 0.05 * 2 ** min(attempt, 6)
             raised.add(values[k])
     head.bias = head.bias + bias

@@ -121,13 +121,13 @@ class TunedRunner:
 
     def fuse_and_segment(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fused, base_labels = fuse_with_base_labels(self.base, a, b)
-        return fused, self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device))
+        return fused, self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device), base_labels)
 
     def segment(self, fused: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
         a = fused if a is None else a
         b = fused if b is None else b
         base_labels = self.base.segment(fused, a, b) if self.base_values else None
-        return self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device))
+        return self.head.predict(head_features(a, b, fused, base_labels, self.base_values, self.device), base_labels)
 
     def copy(self) -> "TunedRunner":
         base = self.base.copy() if hasattr(self.base, "copy") else self.base
