@@ -66,22 +66,22 @@ class Dataset:
     kind: str  # "pairs" (same file name in two sub-folders) or "remote" (NAME/pan.tif + ms.tif)
     sub_a: str = ""
     sub_b: str = ""
-    select: Callable[[list[str]], list[str]] | None = None  # which names are test pairs
+    select: Callable[[Path], list[str]] | None = None  # which names of side A's folder are test pairs
     note: str = ""
 
 
-def held_out_names(names: Sequence[str]) -> list[str]:
-    """Held-out test pairs: every 5th of the sorted names (index % 5 == 0).
+def held_out_names(folder: Path) -> list[str]:
+    """Held-out test pairs of a pair folder (its side A), as training leaves them out
+    (``napari_fusion.training.data.pair_split``): MSRS's fixed ``split.csv``, elsewhere every 5th
+    sorted name (index % 5 == 0). ``training.pack.training_names`` gives the rest."""
+    from napari_fusion.training.data import pair_split
 
-    The training code uses only the rest (``napari_fusion.training.pack.training_names``, also
-    ``training.gifnet.load_gifnet_data``), for every pair folder: MSRS, RoadScene, MRI/CT, MRI/PET.
-    """
-    return [n for i, n in enumerate(sorted(names)) if i % 5 == 0]
+    return [n for n, part in pair_split(folder).items() if part == "test"]
 
 
-def msrs_test_names(names: Sequence[str]) -> list[str]:
-    """MSRS held-out test pairs (same rule as :func:`held_out_names`)."""
-    return held_out_names(names)
+def msrs_test_names() -> list[str]:
+    """The MSRS test-split pairs (``ivif/MSRS/split.csv``)."""
+    return held_out_names(_data_root() / "ivif" / "MSRS" / "ir")
 
 
 DATASETS: dict[str, Dataset] = {
@@ -93,7 +93,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             "msrs", "MSRS test (IR / visible)", "ivif/MSRS", "pairs", "ir", "vi", held_out_names,
-            "held-out pairs: sorted index % 5 == 0",
+            "the test split of `split.csv`",
         ),
         Dataset(
             "mri_ct", "MRI / CT", "medical/MRI_CT", "pairs", "MRI", "CT", held_out_names,
@@ -157,7 +157,8 @@ def iter_pairs(dataset: str, limit: int | None = None) -> Iterator[TestPair]:
         fa, fb = root / d.sub_a, root / d.sub_b
         names = sorted(p.name for p in fa.iterdir() if (fb / p.name).is_file())
         if d.select:
-            names = d.select(names)
+            test = set(d.select(fa))
+            names = [n for n in names if n in test]
         for n in names[:limit] if limit else names:
             a, b = read_image(fa / n), read_image(fb / n)
             yield TestPair(

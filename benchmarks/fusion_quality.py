@@ -102,7 +102,7 @@ def render_markdown(rows: list[dict], env: str, failures: list[str], command: st
         "column is bold. Computed on 8-bit gray / Y (BT.601) images, 0..255, as the field's evaluators do:",
         "MI, VIF, SSIM and SCD sum the two source terms. MI is in bits (nats x 1.4427); SSIM uses",
         "`data_range=255` (see `napari_fusion/metrics/fusion.py`). Test pairs are the held-out pairs",
-        "(sorted index % 5 == 0) of RoadScene, MSRS, MRI/CT and MRI/PET: the shipped `gifnet` and",
+        "(MSRS: the test split of split.csv; RoadScene, MRI/CT, MRI/PET: sorted index % 5 == 0): the shipped `gifnet` and",
         "`tdfusion` weights were trained on the other pairs only (`napari_fusion/training/pack.py`).",
         "PAN/MS: all four scenes, none of them used in training.",
         "",

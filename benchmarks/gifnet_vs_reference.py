@@ -272,7 +272,7 @@ def training_section(weights: str | None) -> list[str]:
 
 TITLES = {
     "roadscene": "RoadScene (IR / visible), held-out: sorted index % 5 == 0",
-    "msrs": "MSRS test (IR / visible), held-out: sorted index % 5 == 0",
+    "msrs": "MSRS test (IR / visible), the test split of split.csv",
     "mri_ct": "MRI / CT, held-out: sorted index % 5 == 0",
     "mri_pet": "MRI / PET (Y), held-out: sorted index % 5 == 0",
     "pan_ms": "PAN / MS intensity, all four scenes (no PAN/MS data in the shipped weights' training)",

@@ -24,7 +24,6 @@ updates the sections it ran of docs/results/interactive.md (+ .csv) and prints t
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -133,12 +132,10 @@ times are in [widget_timeline.md](widget_timeline.md).
 
 # ----------------------------------------------------------------------------- (boxes) MSRS object boxes
 def _msrs():
-    from napari_fusion.training.data import shared_data_dir
+    from napari_fusion.training.data import pair_split, shared_data_dir
 
     root = shared_data_dir() / "ivif" / "MSRS"
-    with open(root / "split.csv", newline="") as fh:
-        split = {r[0]: r[1] for r in csv.reader(fh) if len(r) == 2 and r[1] in ("train", "test")}
-    return root, split
+    return root, pair_split(root / "ir")
 
 
 def _load_pair(root, name):

@@ -354,8 +354,9 @@ def _held_out(folder: str, sa: str, sb: str, n: int = 2) -> list[tuple[np.ndarra
 
     root = shared_data_dir()
     fa, fb = root / folder / sa, root / folder / sb
-    names = sorted(p.name for p in fa.iterdir() if (fb / p.name).exists())
-    held = [nm for i, nm in enumerate(names) if i % 5 == 0][:n]
+    from napari_fusion.training.data import pair_split
+
+    held = [nm for nm, part in pair_split(fa).items() if part == "test" and (fb / nm).exists()][:n]
     return [(_read_gray_unit(fa / nm), _read_gray_unit(fb / nm)) for nm in held]
 
 

@@ -342,12 +342,31 @@ def test_markdown_table_and_csv_helpers(tmp_path):
     assert table.splitlines() == ["| method | SF |", "|---|---:|", "| a | 1.23 |", "| b | — |", "| c | **2.00** |"]
     path = common.write_csv(tmp_path / "x.csv", ["a", "b"], [[1, float("nan")], ["q", 0.5]])
     assert common.read_csv(path) == [{"a": "1", "b": ""}, {"a": "q", "b": "0.5"}]
-    assert common.msrs_test_names([f"{i:05d}.png" for i in range(11)]) == ["00000.png", "00005.png", "00010.png"]
+
+
+def test_pair_split_uses_a_fixed_split_file_or_every_fifth_name(tmp_path):
+    from napari_fusion.training.data import pair_split
+    from napari_fusion.training.pack import training_names
+
+    plain = tmp_path / "plain" / "ir"
+    plain.mkdir(parents=True)
+    for i in range(11):
+        (plain / f"{i:05d}.png").write_bytes(b"")
+    assert [n for n, p in pair_split(plain).items() if p == "test"] == ["00000.png", "00005.png", "00010.png"]
+    fixed = tmp_path / "fixed" / "ir"
+    fixed.mkdir(parents=True)
+    for n in ("a.png", "b.png", "c.png", "d.png"):
+        (fixed / n).write_bytes(b"")
+    (fixed.parent / "split.csv").write_text("a.png,test\nb.png,train\nc.png,train\nname,split\n")
+    assert pair_split(fixed) == {"a.png": "test", "b.png": "train", "c.png": "train"}  # d.png: not listed, not used
+    assert training_names(fixed) == ["b.png", "c.png"]
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
 def test_benchmark_test_pairs_are_the_pairs_training_holds_out():
-    """Every pair folder's benchmark pairs are sorted index % 5 == 0, disjoint from the training names."""
+    """Benchmark pairs: MSRS's split.csv test split, elsewhere sorted index % 5 == 0; never training names."""
+    import csv
+
     from napari_fusion.training.pack import training_names
 
     common = _benchmark_module("_common")
@@ -356,8 +375,14 @@ def test_benchmark_test_pairs_are_the_pairs_training_holds_out():
         d = common.DATASETS[key]
         fa = root / d.folder / d.sub_a
         names = sorted(p.name for p in fa.iterdir() if (root / d.folder / d.sub_b / p.name).is_file())
-        test = d.select(names)
-        assert test == names[::5] and len(test) >= 5, key
+        test = d.select(fa)
+        if key == "msrs":
+            with (root / d.folder / "split.csv").open(newline="") as fh:
+                rows = [r for r in csv.reader(fh) if len(r) == 2 and r[1] in ("train", "test")]
+            assert test == sorted(n for n, part in rows if part == "test") and len(test) == 49
+            assert common.msrs_test_names() == test
+        else:
+            assert test == names[::5] and len(test) >= 5, key
         assert not set(test) & set(training_names(fa)), key
         assert len(test) + len(training_names(fa)) == len(names), key
 

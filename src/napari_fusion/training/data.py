@@ -14,6 +14,7 @@ __all__ = [
     "BRATS_CLASSES",
     "BRATS_INPUT_INTENSITY",
     "shared_data_dir",
+    "pair_split",
     "load_brats_case",
     "load_brats_split",
     "load_pair_folder",
@@ -47,6 +48,25 @@ def shared_data_dir() -> Path | None:
         if c.is_dir() and (c / "README.md").exists():
             return c
     return None
+
+
+def pair_split(folder: str | Path) -> dict[str, str]:
+    """``{file name: "train" | "test"}`` for the files of one side of a pair folder.
+
+    A dataset that ships a fixed split (``split.csv`` of ``name,split`` rows beside its ``ir``/``vi``
+    folders, as MSRS does) uses it; files it does not list are left out. Other folders hold out
+    every 5th sorted name (index % 5 == 0) for testing.
+    """
+    import csv
+
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    fixed = folder.parent / "split.csv"
+    if fixed.is_file():
+        with fixed.open(newline="") as fh:
+            given = {r[0].strip(): r[1].strip() for r in csv.reader(fh) if len(r) == 2 and r[1].strip() in ("train", "test")}
+        return {n: given[n] for n in names if n in given}
+    return {n: "test" if i % 5 == 0 else "train" for i, n in enumerate(names)}
 
 
 def _unit_in_mask(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ Every step trains all four tasks of one batch each, in one forward pass of the s
 - **rec** (reconstruction branch): an image given to both inputs must come back; every other batch
   also asks the reconstruction branch for its own two inputs, so the shared encoder keeps both.
 
-Only pairs / images whose sorted index % 5 != 0 are used (index % 5 == 0 are held out for benchmarks).
+Only training pairs / images are used (`training.data.pair_split`: MSRS split.csv, elsewhere sorted index % 5 != 0).
 
 Command line (JSON-lines logs, atomic checkpoints, resume, time budget, seeded)::
 
@@ -141,7 +141,8 @@ def load_gifnet_data(data: str | Path = "auto", limit: int | None = None, pan: b
 
     ``auto``: IR/visible pairs of MSRS and RoadScene, MRI/CT and MRI/PET pairs (visible and PET as
     BT.601 Y), and single images: the visible Y and MRI of those pairs and (``pan``) the panchromatic
-    band of the pan/MS scenes; in every folder only sorted index % 5 != 0 (the rest is held out).
+    band of the pan/MS scenes; in every folder only the training pairs (``data.pair_split``; pan/MS
+    scenes: sorted index % 5 != 0).
     ``limit`` keeps at most that many training pairs per folder, evenly spread (quick runs, tests).
     """
     from .data import _read_gray_unit, load_packed, shared_data_dir
@@ -176,7 +177,7 @@ def load_gifnet_data(data: str | Path = "auto", limit: int | None = None, pan: b
     if pan and remote.is_dir():
         scenes = sorted(p.name for p in remote.iterdir() if (p / "pan.tif").is_file())
         gray += [_u8(_pan_unit(remote / s / "pan.tif")) for i, s in enumerate(scenes) if i % 5 != 0]
-    d = GIFNetData(ivif, med, gray, f"{root} (sorted index % 5 != 0)")
+    d = GIFNetData(ivif, med, gray, f"{root} (training split)")
     return d.check()
 
 

@@ -1,7 +1,8 @@
 """Pack training data from ``../shared/data`` into compact ``.npz`` files.
 
 Used to train on a machine that has neither the shared data folder nor nibabel (the GPU box): the
-packed files travel with the job. Held-out pairs (sorted index % 5 == 0) are never packed.
+packed files travel with the job. Held-out pairs (MSRS: split.csv; elsewhere sorted index % 5 == 0)
+are never packed.
 
     python -m napari_fusion.training.pack --out .gpudata
 writes ``brats.npz`` (a, b, labels: BraTS train+validation slices), ``ivif.npz`` (a_i, b_i: IR / visible-Y
@@ -16,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_brats_split, pack_dataset, shared_data_dir, _read_gray_unit
+from .data import load_brats_split, pack_dataset, pair_split, shared_data_dir, _read_gray_unit
 
 __all__ = ["training_names", "pack_all", "combine"]
 
 
 def training_names(folder: Path) -> list[str]:
-    """Sorted file names of a pair folder that are used for training (index % 5 != 0)."""
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    return [n for i, n in enumerate(names) if i % 5 != 0]
+    """Sorted file names of a pair folder that are used for training (:func:`.data.pair_split`:
+    MSRS's ``split.csv``, elsewhere sorted index % 5 != 0)."""
+    return [n for n, part in pair_split(folder).items() if part == "train"]
 
 
 def _u8(x: np.ndarray) -> np.ndarray:

@@ -424,7 +424,7 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict[str, Any]:
     """Training arrays for ``task`` ('brats' | 'ivif') from ``../shared/data`` (``auto``) or a packed npz.
 
     brats: ``{"a", "b", "labels"}`` (N, H, W), train + validation cases (the test cases are held out).
-    ivif: ``{"pairs": [(a, b), ...]}`` uint8, MSRS + RoadScene files whose sorted index % 5 != 0.
+    ivif: ``{"pairs": [(a, b), ...]}`` uint8, MSRS + RoadScene training files (``data.pair_split``).
     ``data`` may also be a folder: for brats a BraTS root with ``train/`` and ``validation/`` cases, for
     ivif a pair folder (``ir/`` + ``vi/``, or any two sub-folders with files of the same names), all used.
     """
@@ -473,7 +473,7 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict[str, Any]:
         if not names:
             raise FileNotFoundError(f"no training pairs in {fa} and {fb}")
         pairs += [(_u8(_read_gray_unit(fa / n)), _u8(_read_gray_unit(fb / n))) for n in names]
-    return {"pairs": pairs, "source": f"{root}/ivif MSRS+RoadScene, sorted index % 5 != 0 ({len(pairs)} pairs)"}
+    return {"pairs": pairs, "source": f"{root}/ivif MSRS+RoadScene training split ({len(pairs)} pairs)"}
 
 
 def _load_folder(task: str, folder: Path) -> dict[str, Any]:
