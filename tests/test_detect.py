@@ -226,7 +226,9 @@ def test_boxes_from_labels_components_min_area_and_scores():
 def _truth_sets():
     if MSRS is not None and (MSRS / "boxes" / "fusion").is_dir():
         names = read_class_names(MSRS / "boxes" / "classes.txt")
-        test = [ln.split(",")[0] for ln in (MSRS / "split.csv").read_text().splitlines() if ln.endswith(",test")]
+        from napari_fusion.training.data import pair_split
+
+        test = [n for n, part in pair_split(MSRS / "ir").items() if part == "test"]
         files = [MSRS / "boxes" / "fusion" / (Path(n).stem + ".txt") for n in test]
         assert len(files) == 49
         return [read_yolo(f, MSRS_SHAPE, names=names) for f in files]
