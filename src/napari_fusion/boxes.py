@@ -494,13 +494,9 @@ def show_boxes(
     }
     kw = {k: v for k, v in (place or {}).items() if v is not None}
     if like is not None and place is None:
-        kw = {
-            "scale": tuple(like.scale),
-            "translate": tuple(like.translate),
-            "rotate": np.asarray(like.rotate),
-            "shear": np.asarray(like.shear),
-            "affine": np.asarray(like.affine.affine_matrix),
-        }
+        from .io.layers import placement_of_layer
+
+        kw = placement_of_layer(like)
     layer = Shapes(
         rects,
         shape_type="rectangle",

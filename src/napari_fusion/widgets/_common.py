@@ -446,16 +446,11 @@ def labels_layer_name(method_label: str, a_name: str | None = None, b_name: str 
 def _transform_kwargs(like, extra_leading: int = 0) -> dict:
     """A source layer's scale/translate/rotate/shear/affine, for a result with ``extra_leading``
     non-spatial axes in front (bands)."""
-    kw = {
-        "scale": tuple(like.scale),
-        "translate": tuple(like.translate),
-        "rotate": np.asarray(like.rotate),
-        "shear": np.asarray(like.shear),
-        "affine": np.asarray(like.affine.affine_matrix),
-        "units": tuple(str(u) for u in like.units) if getattr(like, "units", None) else None,
-    }
-    if kw["units"] is None:
-        kw.pop("units")
+    from ..io.layers import placement_of_layer
+
+    kw = placement_of_layer(like)
+    if getattr(like, "units", None):
+        kw["units"] = tuple(str(u) for u in like.units)
     if extra_leading:
         n = like.ndim
         e = extra_leading
