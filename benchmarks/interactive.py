@@ -180,7 +180,7 @@ def part_boxes(args) -> tuple[str, list]:
     from napari_fusion import finetune
     from napari_fusion.boxes import weak_labels
     from napari_fusion.engine.pipeline import resolve_runner
-    from napari_fusion.task import PixelHead, fit_head, pixel_features  # noqa: F401 - the ablation's parts
+    from napari_fusion.task import fit_head, pixel_features  # the ablation: a head on IR/visible only
 
     root, split = _msrs()
     train = sorted(n for n, s in split.items() if s == "train")

@@ -92,10 +92,10 @@ def test_one_painted_class_is_refused_with_a_reason():
 def test_large_painted_values_are_renumbered_for_the_network():
     s = np.zeros((8, 8), np.int64)
     s[0, :2], s[1, :2], s[2, :2] = 10_000, 7, 500
-    net, bg = _network_labels(None, s, background_value=500)
+    net, bg = _network_labels(s, background_value=500)
     assert sorted(np.unique(net).tolist()) == [0, 1, 2, 3] and bg == 3
     assert (net[s == 7] == 1).all() and (net[s == 10_000] == 2).all() and (net[s == 500] == 3).all()
-    same, bg2 = _network_labels(None, np.where(s > 0, 2, 0), background_value=None)
+    same, bg2 = _network_labels(np.where(s > 0, 2, 0), background_value=None)
     assert bg2 is None and same.max() == 2  # small values are what a model may know already: kept
 
 

@@ -428,12 +428,12 @@ def finetune(
         res = fuse(ir, vi, tuned, full=True); res.labels, res.classes
     """
     from .engine.device import resolve_device
-    from .task.loop import base_of, tune_steps
+    from .task.loop import tune_steps
 
     runner, _, _ = resolve_runner(model, device)
     sa, sb = as_input(a, "A"), as_input(b, "B")
     prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis,
-                            input_intensity=input_intensity_of(base_of(runner)), names=(sa.name, sb.name))
+                            input_intensity=input_intensity_of(runner), names=(sa.name, sb.name))
     if prepared.kind == "volume":
         raise ValueError("fine-tuning takes 2-D images; pick one slice of the volumes")
     lab_in = as_input(sparse_labels, "labels")

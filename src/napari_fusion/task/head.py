@@ -99,9 +99,6 @@ class PixelHead:
         k = self.decide(self.probabilities(feats), base=self.base_index(base_labels)).cpu().numpy()
         return np.asarray(self.values, np.int32)[k]
 
-    def to(self, device) -> "PixelHead":  # the traversal runs on the CPU (cheap next to the fusion)
-        return self
-
     # --- persistence (tensors + JSON-able metadata; no code) ----------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         arrays = _forest_arrays(self.forest, len(self.values))

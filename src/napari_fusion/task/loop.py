@@ -158,7 +158,7 @@ def tune_steps(
         raise ValueError(f"{what}; paint at least two classes (for example the object and its surroundings)")
     train = None
     if int(steps) > 0:
-        net_labels, net_bg = _network_labels(base, labels, background_value)
+        net_labels, net_bg = _network_labels(labels, background_value)
         train = finetune_steps(base, a, b, net_labels, steps=int(steps), lr=lr, class_names=class_names if net_bg is background_value else None,
                                device=device, background_value=net_bg, seed=seed, **train_kw)
     return (yield from _run(base, a, b, labels, head_kw, train, int(steps), refresh_seconds, cache))
@@ -167,7 +167,7 @@ def tune_steps(
 MAX_NETWORK_CLASS = 64  # painted values above this are renumbered for the network (its head has one output per value)
 
 
-def _network_labels(base, labels: np.ndarray, background_value: int | None) -> tuple[np.ndarray, int | None]:
+def _network_labels(labels: np.ndarray, background_value: int | None) -> tuple[np.ndarray, int | None]:
     """Painted values as the fusion model's task network trains on them.
 
     Values a model may already know (up to :data:`MAX_NETWORK_CLASS`) are kept; otherwise the

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import FEATURE_SIGMAS, feature_halo, pixel_features
+from .features import FEATURE_SIGMAS, feature_halo, n_features, pixel_features
 from .head import PixelHead
 
 __all__ = ["TunedRunner", "attach_head", "split_head_tensors", "HEAD_INPUTS"]
@@ -62,7 +62,7 @@ class TunedRunner:
 
     def __init__(self, base: Any, head: PixelHead, meta: dict | None = None):
         self.base_values = base_label_values(base)
-        want = len(HEAD_INPUTS) * len(FEATURE_SIGMAS) * 4 + len(self.base_values)
+        want = n_features(len(HEAD_INPUTS)) + len(self.base_values)
         if head.n_features != want:
             raise ValueError(f"the head reads {head.n_features} features; this model and build give {want}")
         self.base, self.head = base, head
@@ -112,7 +112,6 @@ class TunedRunner:
     def to(self, device) -> "TunedRunner":
         if hasattr(self.base, "to"):
             self.base.to(device)
-        self.head.to("cpu")
         return self
 
     # --- running -------------------------------------------------------------------------------
