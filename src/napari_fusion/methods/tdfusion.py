@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 FAMILY = "TDFusion"
+#: the infrared/visible object classes of ``tdfusion`` (MSRS boxes: person, bicycle, car; label = id + 1)
+IVIF_CLASSES = ((0, "background", "#000000"), (1, "person", "#e6194b"), (2, "bicycle", "#ffe119"), (3, "car", "#4363d8"))
 IVIF_WEIGHTS = "tdfusion_ivif.safetensors"
 BRATS_WEIGHTS = "tdfusion_brats.safetensors"
 
@@ -119,13 +121,29 @@ class CrossGate(nn.Module):
 # the networks
 # --------------------------------------------------------------------------------------------
 class FusionNet(nn.Module):
-    """Two single-channel sources ``(N,1,H,W)`` -> fused ``(N,1,H,W)`` in (0, 1); any H, W."""
+    """Two single-channel sources ``(N,1,H,W)`` -> fused ``(N,1,H,W)`` in (0, 1); any H, W.
 
-    def __init__(self, dim: int = 16, enc_blocks: int = 2, dec_blocks: int = 3, expansion: float = 2.0):
+    ``down=2`` runs the blocks at half resolution (a 2x2 stride-2 conv after each full-resolution stem,
+    a pixel-shuffle back up, the stems' full-resolution features joined again before the head): the
+    same receptive field in a quarter of the memory traffic, ~4x faster on a CPU. ``down=1`` is the
+    earlier all-full-resolution net (files without ``down`` in their config). With ``down=2`` the input
+    sides must be even (the runner pads to ``pad_multiple``; tiles are aligned to 32 pixels).
+    """
+
+    def __init__(self, dim: int = 16, enc_blocks: int = 2, dec_blocks: int = 3, expansion: float = 2.0, down: int = 1):
         super().__init__()
+        if down not in (1, 2):
+            raise ValueError(f"FusionNet down must be 1 or 2, got {down}")
         self.config = {"dim": dim, "enc_blocks": enc_blocks, "dec_blocks": dec_blocks, "expansion": expansion}
+        if down != 1:
+            self.config["down"] = down
+        self.down = down
         self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=True)
         self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=True)
+        if down == 2:
+            self.down_a = nn.Conv2d(dim, dim, 2, stride=2, bias=True)
+            self.down_b = nn.Conv2d(dim, dim, 2, stride=2, bias=True)
+            self.up = nn.Sequential(nn.Conv2d(2 * dim, 8 * dim, 1, bias=True), nn.PixelShuffle(2))
         self.enc_a = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.enc_b = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
         self.cross = CrossGate(dim)
@@ -134,14 +152,22 @@ class FusionNet(nn.Module):
         self.head1 = nn.Conv2d(dim, 1, 3, padding=1, bias=True)
 
     @property
+    def pad_multiple(self) -> int:
+        return self.down
+
+    @property
     def receptive_radius(self) -> int:
         c = self.config
-        return fusion_receptive_radius(c["enc_blocks"], c["dec_blocks"])
+        return fusion_receptive_radius(c["enc_blocks"], c["dec_blocks"], self.down)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        fa = self.enc_a(self.stem_a(a))
-        fb = self.enc_b(self.stem_b(b))
-        x = self.dec(self.cross(fa, fb))
+        sa, sb = self.stem_a(a), self.stem_b(b)
+        if self.down == 2:
+            fa, fb = self.enc_a(self.down_a(sa)), self.enc_b(self.down_b(sb))
+            # full-resolution stem features + the upsampled joint features (2*dim channels each)
+            x = torch.cat([sa, sb], 1) + self.up(self.dec(self.cross(fa, fb)))
+        else:
+            x = self.dec(self.cross(self.enc_a(sa), self.enc_b(sb)))
         x = F.leaky_relu(self.head0(x), 0.1)
         return torch.sigmoid(self.head1(x))
 
@@ -178,8 +204,11 @@ class LossNet(nn.Module):
         return torch.softmax(self.head1(x), dim=1)
 
 
-def fusion_receptive_radius(enc_blocks: int = 2, dec_blocks: int = 3) -> int:
-    """Context radius of :class:`FusionNet`: stem 1 + 2 per block + cross-gate 1 + head 2."""
+def fusion_receptive_radius(enc_blocks: int = 2, dec_blocks: int = 3, down: int = 1) -> int:
+    """Context radius of :class:`FusionNet`: stem 1 + 2 per block + cross-gate 1 + head 2 at full
+    resolution; with ``down=2`` the blocks and the gate count twice, plus 2 for the stride phase."""
+    if down == 2:
+        return 1 + 2 + 2 * (2 * enc_blocks + 1 + 2 * dec_blocks) + 2
     return 1 + 2 * enc_blocks + 1 + 2 * dec_blocks + 2
 
 
@@ -247,7 +276,7 @@ class TDFusionRunner(TorchRunner):
         if segmenter is not None:
             modules["seg"] = segmenter
         # the fusion net is fully convolutional (no padding needed); the segmenter pads to its own factor
-        super().__init__(modules, device=device, pad_multiple=1)
+        super().__init__(modules, device=device, pad_multiple=fusion.pad_multiple)
         self.meta: dict[str, Any] = dict(meta or {})
         self.classes: tuple[ClassInfo, ...] = make_classes(classes) if segmenter is not None else ()
         if segmenter is not None:

@@ -337,7 +337,11 @@ def _finetune_tdfusion(
     notes = _prepare_segmenter(new, present, class_names, seed, background_value is not None)
     counts = np.bincount(targets[targets != IGNORE_INDEX], minlength=new.segmenter.n_classes)
     weights = class_weights_from_counts(np.where(counts > 0, counts, counts[counts > 0].max())).tolist()
+    trained = ((runner.meta.get("training") or {}).get("config") or {}) if isinstance(runner.meta, dict) else {}
     cfg = TrainConfig(
+        # the fusion loss and meta step the model was trained with (files from before record neither)
+        intensity=str(trained.get("intensity", "l2")), meta_mode=str(trained.get("meta_mode", "params")),
+        image_step=float(trained.get("image_step", 0.05)),
         # the segmenter's rate is capped at 1e-3: above it (Adam + per-pixel LayerNorm) a few painted
         # pixels threw it into one class everywhere on real pairs; it gets more updates per step
         # instead (seg_repeats, cheap next to the fusion net)

@@ -1,10 +1,13 @@
 """Losses of task-driven fusion: the learnable fusion loss and the segmentation task loss.
 
 Fusion loss (TDFusion): ``L = L_int(w) + lambda_grad * L_grad``.
-- ``L_int``: per-pixel weighted squared error to the two sources, with weights ``w = (w_a, w_b)``
-  (softmax over the two sources, from the loss generation module). ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``;
-  the factor 2 makes the neutral start (0.5, 0.5) equal to the sum of the two MSEs. Its minimiser is
-  the per-pixel convex blend ``w_a A + w_b B``, so the learned weights say which source to follow where.
+- ``L_int``: per-pixel weighted error to the two sources, with weights ``w = (w_a, w_b)`` (softmax
+  over the two sources, from the loss generation module).
+  ``"l1"`` (TDFusion's form, the default of new trainings): ``2 * mean(w_a |F-A| + w_b |F-B|)``; its
+  per-pixel minimiser is the weighted median, i.e. the source whose weight is larger: the fused image
+  keeps each source's own contrast where the loss says to follow it (no washed-out average).
+  ``"l2"`` (files trained before 2026-11-30): ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``, minimised by the
+  convex blend ``w_a A + w_b B``. The factor 2 makes the neutral start (0.5, 0.5) the sum of the two.
 - ``L_grad``: fixed, L1 between the fused Sobel gradient magnitude and the larger of the sources'.
 Task loss: cross-entropy with an ignore value (unpainted or unlabelled pixels), optional class weights.
 """
@@ -17,6 +20,7 @@ __all__ = [
     "IGNORE_INDEX",
     "sobel",
     "gradient_magnitude",
+    "INTENSITY_KINDS",
     "intensity_loss",
     "gradient_loss",
     "fusion_loss",
@@ -43,10 +47,20 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return gx.abs() + gy.abs()
 
 
-def intensity_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Learned intensity term: ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``; ``weights`` is (N, 2, H, W)."""
+INTENSITY_KINDS = ("l1", "l2")
+
+
+def intensity_loss(
+    fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, kind: str = "l2"
+) -> torch.Tensor:
+    """Learned intensity term ``2 * mean(w_a d(F,A) + w_b d(F,B))``, ``d`` = |.| (l1) or (.)^2 (l2);
+    ``weights`` is (N, 2, H, W)."""
     if weights.shape[1] != 2:
         raise ValueError(f"intensity weights need 2 channels (one per source), got {tuple(weights.shape)}")
+    if kind not in INTENSITY_KINDS:
+        raise ValueError(f"intensity loss kind must be one of {INTENSITY_KINDS}, got {kind!r}")
+    if kind == "l1":
+        return 2.0 * (weights[:, :1] * (fused - a).abs() + weights[:, 1:2] * (fused - b).abs()).mean()
     return 2.0 * (weights[:, :1] * (fused - a).pow(2) + weights[:, 1:2] * (fused - b).pow(2)).mean()
 
 
@@ -62,9 +76,10 @@ def fusion_loss(
     b: torch.Tensor,
     weights: torch.Tensor,
     grad_weight: float = 1.0,
+    intensity: str = "l2",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total learnable fusion loss and its parts (``{"int": ..., "grad": ...}``)."""
-    li = intensity_loss(fused, a, b, weights)
+    li = intensity_loss(fused, a, b, weights, intensity)
     lg = gradient_loss(fused, a, b)
     return li + grad_weight * lg, {"int": li, "grad": lg}
 

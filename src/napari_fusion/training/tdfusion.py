@@ -66,6 +66,9 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, enabled=False)
 
 
+META_MODES = ("image", "params")
+
+
 def meta_step(
     fusion: torch.nn.Module,
     loss_net: torch.nn.Module,
@@ -75,8 +78,11 @@ def meta_step(
     labels: torch.Tensor,
     opt_loss: torch.optim.Optimizer | None,
     *,
+    mode: str = "params",
     inner_lr: float = 1e-2,
+    image_step: float = 0.05,
     grad_weight: float = 1.0,
+    intensity: str = "l2",
     ignore_index: int = IGNORE_INDEX,
     class_weights: torch.Tensor | None = None,
     create_graph: bool = True,
@@ -84,24 +90,48 @@ def meta_step(
 ) -> dict[str, float]:
     """(i) One bi-level update of the loss generation module; fusion net and segmenter are unchanged.
 
-    Inner: ``theta' = theta - inner_lr * dL_fus(theta, w(phi)) / dtheta`` (graph kept).
-    Outer: ``T(seg(F_theta'(a, b)), labels)`` differentiated w.r.t. the loss module's ``phi`` only.
+    ``mode="params"`` (the paper's form): ``theta' = theta - inner_lr * dL_fus(theta, w(phi)) / dtheta``
+    with the graph kept; the outer task loss ``T(seg(F_theta'(a, b)), labels)`` is differentiated
+    w.r.t. the loss module's ``phi``. One SGD step of a 50k-parameter net moves the fused image by
+    ~1e-3 and mixes every pixel's weight into every other pixel's change: the signal reaching ``phi``
+    is tiny and mostly noise (``benchmarks/meta_gradient.py``).
+
+    ``mode="image"``: the inner step is taken on the fused image itself,
+    ``F' = F - image_step * g / mean|g|`` with ``g = dL_fus(F, w(phi)) / dF`` (graph kept), i.e. the
+    update a fusion net with a free output per pixel would make; then ``T(seg(F'))`` is differentiated
+    w.r.t. ``phi``. Each pixel's weight gets the task's verdict on moving *that* pixel towards A or B
+    (``-sign(F - A) * dT/dF'`` for the l1 loss): a strong, local, readable signal at the cost of one
+    segmenter pass (no second-order pass through the fusion net).
+
     Leaves ``.grad`` of the loss module's parameters set (so callers/tests can inspect it) and steps
-    ``opt_loss`` when given. ``create_graph=False`` cuts the bi-level graph (for tests: then the loss
-    module gets no gradient).
+    ``opt_loss`` when given. ``create_graph=False`` cuts the bi-level graph (then the loss module gets
+    no gradient).
     """
-    params = {k: p for k, p in fusion.named_parameters()}
+    if mode not in META_MODES:
+        raise ValueError(f"meta mode must be one of {META_MODES}, got {mode!r}")
     phi = [p for p in loss_net.parameters() if p.requires_grad]
+    if mode == "image":
+        with torch.no_grad(), _autocast(a.device, amp):
+            fused = _f32(fusion(a, b))
+        fused = fused.detach().requires_grad_(True)
+        w = _f32(loss_net(a, b))
+        lf, _ = fusion_loss(fused, a, b, w, grad_weight, intensity)
+        (g,) = torch.autograd.grad(lf, fused, create_graph=create_graph)
+        scale = g.detach().abs().mean().clamp_min(1e-12)
+        fused2 = (fused.detach() - image_step * g / scale).clamp(0.0, 1.0)
+    else:
+        params = {k: p for k, p in fusion.named_parameters()}
+        with _autocast(a.device, amp):
+            fused = functional_call(fusion, params, (a, b))
+            w = loss_net(a, b)
+            lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight, intensity)
+        grads = torch.autograd.grad(lf, list(params.values()), create_graph=create_graph, allow_unused=True)
+        updated = {
+            k: (p - inner_lr * g) if g is not None else p for (k, p), g in zip(params.items(), grads)
+        }
+        with _autocast(a.device, amp):
+            fused2 = functional_call(fusion, updated, (a, b))
     with _autocast(a.device, amp):
-        fused = functional_call(fusion, params, (a, b))
-        w = loss_net(a, b)
-        lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight)
-    grads = torch.autograd.grad(lf, list(params.values()), create_graph=create_graph, allow_unused=True)
-    updated = {
-        k: (p - inner_lr * g) if g is not None else p for (k, p), g in zip(params.items(), grads)
-    }
-    with _autocast(a.device, amp):
-        fused2 = functional_call(fusion, updated, (a, b))
         logits = segmenter(fused2)
     lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
     if opt_loss is not None:
@@ -127,6 +157,7 @@ def fusion_step(
     opt_fusion: torch.optim.Optimizer,
     *,
     grad_weight: float = 1.0,
+    intensity: str = "l2",
     amp: bool = False,
 ) -> dict[str, float]:
     """(ii) One optimiser step of the fusion net on the learned fusion loss (loss module frozen)."""
@@ -134,7 +165,7 @@ def fusion_step(
         w = _f32(loss_net(a, b))
     with _autocast(a.device, amp):
         fused = fusion(a, b)
-    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight)
+    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight, intensity)
     opt_fusion.zero_grad(set_to_none=True)
     lf.backward()
     opt_fusion.step()
@@ -204,6 +235,9 @@ class TrainConfig:
     train_seg: bool = True
     seg_repeats: int = 1  # segmenter updates per step on the same fused batch (cheap; helps a fresh head)
     seg_clip: float | None = None  # gradient-norm cap of the segmenter updates (None: no cap)
+    intensity: str = "l2"  # intensity term of the fusion loss: "l1" (weighted median) or "l2" (blend)
+    meta_mode: str = "params"  # "params" (inner step on the fusion net) or "image" (on the fused image)
+    image_step: float = 0.05  # mean intensity change of the image-space inner step
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -268,12 +302,15 @@ class TDFusionTrainer:
         if has_task and c.meta_every and self.step >= c.meta_start and self.step % c.meta_every == 0:
             out |= meta_step(
                 self.fusion, self.loss_net, self.segmenter, a, b, labels, self.opt_loss,
-                inner_lr=c.inner_lr, grad_weight=c.grad_weight, ignore_index=c.ignore_index,
+                mode=c.meta_mode, inner_lr=c.inner_lr, image_step=c.image_step, grad_weight=c.grad_weight,
+                intensity=c.intensity, ignore_index=c.ignore_index,
                 class_weights=self.class_weights, amp=c.amp,
             )
             # the meta pass leaves grads on the fusion net / segmenter only via autograd.grad (none)
         if c.train_fusion:
-            out |= fusion_step(self.fusion, self.loss_net, a, b, self.opt_fusion, grad_weight=c.grad_weight, amp=c.amp)
+            out |= fusion_step(
+                self.fusion, self.loss_net, a, b, self.opt_fusion, grad_weight=c.grad_weight, intensity=c.intensity, amp=c.amp
+            )
         if has_task and c.train_seg:
             with torch.no_grad(), _autocast(a.device, c.amp):
                 fused = _f32(self.fusion(a, b))
@@ -389,31 +426,81 @@ class BratsSampler:
 
 
 class PairSampler:
-    """Random (crop x crop) batches from a list of registered (a, b) pairs of any sizes (no labels)."""
+    """Random (crop x crop) batches from a list of registered (a, b) pairs of any sizes.
 
-    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, seed: int = 0):
+    ``labels`` (optional): one int label image per pair (or None for an unlabelled pair, whose crops
+    get only ``IGNORE_INDEX``); then ``object_fraction`` of the crops are centred near a labelled
+    object pixel (label > 0) so that the rare classes are seen. Without labels ``batch`` returns None
+    for them.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, seed: int = 0,
+                 labels: Sequence[np.ndarray | None] | None = None, object_fraction: float = 0.5):
         if not pairs:
             raise ValueError("no image pairs to train on (empty training data)")
         for i, (a, b) in enumerate(pairs):
             if a.shape != b.shape or a.ndim != 2:
                 raise ValueError(f"training pair {i}: sources of shapes {a.shape} and {b.shape}; need two 2-D images of one shape")
+        if labels is not None:
+            if len(labels) != len(pairs):
+                raise ValueError(f"{len(labels)} label images for {len(pairs)} training pairs")
+            for i, (lab, (a, _)) in enumerate(zip(labels, pairs)):
+                if lab is not None and lab.shape != a.shape:
+                    raise ValueError(f"training pair {i}: labels of shape {lab.shape} for images of shape {a.shape}")
         self.pairs = list(pairs)
+        self.labels = list(labels) if labels is not None else None
+        self.object_fraction = float(object_fraction)
+        self.objects = [
+            np.flatnonzero(lab.ravel() > 0) if lab is not None and lab.dtype.kind in "iu" else np.zeros(0, np.int64)
+            for lab in (self.labels or [])
+        ]
+        self.object_pairs = [i for i, o in enumerate(self.objects) if len(o)]
         self.crop = int(crop)
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        counts = np.zeros(n_classes, np.int64)
+        for lab in self.labels or []:
+            if lab is not None:
+                v = lab[(lab >= 0) & (lab < n_classes)]
+                counts += np.bincount(v.ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+        return counts
+
+    def _window(self, i: int, shape: tuple[int, int]) -> tuple[int, int]:
+        c, rng = self.crop, self.rng
+        H, W = shape
+        if self.labels is not None and len(self.objects[i]) and rng.random() < self.object_fraction:
+            y, x = divmod(int(self.objects[i][int(rng.integers(len(self.objects[i])))]), W)
+            jitter = lambda: int(rng.integers(-(c // 4), c // 4 + 1))  # noqa: E731
+            return int(np.clip(y - c // 2 + jitter(), 0, H - c)), int(np.clip(x - c // 2 + jitter(), 0, W - c))
+        return int(rng.integers(H - c + 1)), int(rng.integers(W - c + 1))
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         c, rng = self.crop, self.rng
         A = np.empty((n, 1, c, c), np.float32)
         B = np.empty((n, 1, c, c), np.float32)
-        for i in range(n):
-            a, b = self.pairs[int(rng.integers(len(self.pairs)))]
+        L = np.full((n, c, c), IGNORE_INDEX, np.int64) if self.labels is not None else None
+        for k in range(n):
+            if self.object_pairs and rng.random() < self.object_fraction:
+                i = int(self.object_pairs[int(rng.integers(len(self.object_pairs)))])
+            else:
+                i = int(rng.integers(len(self.pairs)))
+            a, b = self.pairs[i]
+            lab = self.labels[i] if self.labels is not None else None
             if min(a.shape) < c:
                 pad = [(0, max(0, c - a.shape[0])), (0, max(0, c - a.shape[1]))]
                 a, b = np.pad(a, pad, mode="reflect"), np.pad(b, pad, mode="reflect")
-            y0, x0 = int(rng.integers(a.shape[0] - c + 1)), int(rng.integers(a.shape[1] - c + 1))
-            ca, cb = _augment(rng, _to_unit(a[y0 : y0 + c, x0 : x0 + c]), _to_unit(b[y0 : y0 + c, x0 : x0 + c]))
-            A[i, 0], B[i, 0] = ca, cb
-        return torch.from_numpy(A), torch.from_numpy(B), None
+                if lab is not None:
+                    lab = np.pad(lab, pad, mode="constant", constant_values=IGNORE_INDEX)
+            y0, x0 = self._window(i, a.shape)
+            win = (slice(y0, y0 + c), slice(x0, x0 + c))
+            if lab is not None:
+                ca, cb, cl = _augment(rng, _to_unit(a[win]), _to_unit(b[win]), lab[win].astype(np.int64))
+                L[k] = cl
+            else:
+                ca, cb = _augment(rng, _to_unit(a[win]), _to_unit(b[win]))
+            A[k, 0], B[k, 0] = ca, cb
+        return torch.from_numpy(A), torch.from_numpy(B), (torch.from_numpy(L) if L is not None else None)
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -447,7 +534,10 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict[str, Any]:
         n = sum(1 for k in z if k.startswith("a_"))
         if n == 0:
             raise ValueError(f"{path} holds no image pairs (expected keys a_0, b_0, a_1, ...; has {sorted(z)[:6]})")
-        return {"pairs": [(z[f"a_{i}"], z[f"b_{i}"]) for i in range(n)], "source": str(path)}
+        out = {"pairs": [(z[f"a_{i}"], z[f"b_{i}"]) for i in range(n)], "source": str(path)}
+        if any(f"l_{i}" in z for i in range(n)):  # box labels packed beside some pairs
+            out["labels"] = [z[f"l_{i}"].astype(np.int64) if f"l_{i}" in z else None for i in range(n)]
+        return out
     root = shared_data_dir()
     if root is None:
         raise FileNotFoundError("no ../shared/data found for --data auto; set NAPARI_FUSION_DATA or pass a packed .npz")
@@ -464,7 +554,7 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict[str, Any]:
     from .data import _read_gray_unit
     from .pack import training_names
 
-    pairs = []
+    pairs, labels = [], []
     for sub in ("MSRS", "RoadScene"):
         fa, fb = root / "ivif" / sub / "ir", root / "ivif" / sub / "vi"
         if not fa.is_dir():
@@ -472,8 +562,31 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict[str, Any]:
         names = [n for n in training_names(fa) if (fb / n).exists()]
         if not names:
             raise FileNotFoundError(f"no training pairs in {fa} and {fb}")
-        pairs += [(_u8(_read_gray_unit(fa / n)), _u8(_read_gray_unit(fb / n))) for n in names]
-    return {"pairs": pairs, "source": f"{root}/ivif MSRS+RoadScene training split ({len(pairs)} pairs)"}
+        for n in names:
+            a, b = _u8(_read_gray_unit(fa / n)), _u8(_read_gray_unit(fb / n))
+            pairs.append((a, b))
+            labels.append(box_labels(fa.parent / "boxes" / "fusion" / (Path(n).stem + ".txt"), a.shape))
+    n_lab = sum(x is not None for x in labels)
+    out = {"pairs": pairs, "source": f"{root}/ivif MSRS+RoadScene training split ({len(pairs)} pairs, {n_lab} with MSRS boxes)"}
+    if n_lab:
+        out["labels"] = labels
+    return out
+
+
+#: pixels just outside a box that the task loss skips (box edges are where a box label is least sure)
+BOX_IGNORE_RING = 4
+
+
+def box_labels(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """Weak int64 labels from a YOLO box file (0 background, 1 person, 2 bicycle, 3 car; a ring of
+    ``BOX_IGNORE_RING`` pixels around each box ``IGNORE_INDEX``); None when the file does not exist."""
+    from ..boxes import read_yolo, weak_labels
+    from ..methods.tdfusion import IVIF_CLASSES
+
+    if not path.is_file():
+        return None
+    boxes = read_yolo(path, shape, n_classes=len(IVIF_CLASSES) - 1)
+    return weak_labels(boxes, shape, ignore_ring=BOX_IGNORE_RING, ignore_value=IGNORE_INDEX, dtype=np.int64)
 
 
 def _load_folder(task: str, folder: Path) -> dict[str, Any]:
@@ -507,19 +620,27 @@ def _load_folder(task: str, folder: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # the training loop (CLI)
 # --------------------------------------------------------------------------------------------
-def new_runner(task: str, seed: int = 0, device: str | torch.device = "cpu"):
-    """A freshly initialised TDFusion runner for ``task`` (seeded)."""
+def new_runner(task: str, seed: int = 0, device: str | torch.device = "cpu", labelled: bool = False,
+               fusion_config: dict | None = None, loss_config: dict | None = None):
+    """A freshly initialised TDFusion runner for ``task`` (seeded); ``labelled`` ivif: with the
+    object segmenter (background, person, bicycle, car). ``fusion_config`` / ``loss_config``:
+    FusionNet / LossNet arguments."""
     from ..methods.segmenter import Segmenter
     from ..methods.tdfusion import FusionNet, LossNet, TDFusionRunner, make_classes
 
     torch.manual_seed(seed)
-    fusion, loss_net = FusionNet(), LossNet()
+    fusion, loss_net = FusionNet(**(fusion_config or {})), LossNet(**(loss_config or {}))
     if task == "brats":
         from .data import BRATS_CLASSES, BRATS_INPUT_INTENSITY
 
         seg = Segmenter(len(BRATS_CLASSES))
         meta = {"method": "tdfusion-brats", "input_intensity": dict(BRATS_INPUT_INTENSITY)}
         return TDFusionRunner(fusion, loss_net, seg, classes=make_classes(BRATS_CLASSES), device=device, meta=meta)
+    if labelled:
+        from ..methods.tdfusion import IVIF_CLASSES
+
+        seg = Segmenter(len(IVIF_CLASSES))
+        return TDFusionRunner(fusion, loss_net, seg, classes=make_classes(IVIF_CLASSES), device=device, meta={"method": "tdfusion"})
     return TDFusionRunner(fusion, loss_net, None, device=device, meta={"method": "tdfusion"})
 
 
@@ -592,12 +713,17 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
         sampler = BratsSampler(data["a"], data["b"], data["labels"], args.crop, seed=args.seed)
         cw = class_weights_from_counts(sampler.class_counts(5)).tolist() if args.class_weights else None
     else:
-        sampler = PairSampler(data["pairs"], args.crop, seed=args.seed)
-        cw = None
+        labels = data.get("labels") if args.labels else None
+        sampler = PairSampler(data["pairs"], args.crop, seed=args.seed, labels=labels)
+        from ..methods.tdfusion import IVIF_CLASSES
+
+        cw = class_weights_from_counts(sampler.class_counts(len(IVIF_CLASSES))).tolist() if labels and args.class_weights else None
+    labelled = args.task == "brats" or sampler.labels is not None
     cfg = TrainConfig(
         lr_fusion=args.lr, lr_seg=args.lr, lr_loss=args.lr_loss, inner_lr=args.inner_lr,
-        grad_weight=args.grad_weight, meta_every=args.meta_every if args.task == "brats" else 0,
-        meta_start=args.meta_start, amp=args.amp, class_weights=cw,
+        grad_weight=args.grad_weight, meta_every=args.meta_every if labelled else 0,
+        meta_start=args.meta_start, amp=args.amp, class_weights=cw, intensity=args.intensity,
+        meta_mode=args.meta_mode, image_step=args.image_step, seg_repeats=args.seg_repeats,
     )
     record: dict[str, Any] = {
         "command": "python -m napari_fusion.training.tdfusion " + " ".join(shlex.quote(x) for x in args.argv),
@@ -624,7 +750,10 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
         else:
             log(json.dumps({"warning": f"no optimiser state {rp}; resuming weights only"}))
     else:
-        runner = new_runner(args.task, args.seed, device)
+        runner = new_runner(
+            args.task, args.seed, device, labelled=labelled,
+            fusion_config=_parse_config(args.fusion_config), loss_config=_parse_config(args.loss_config),
+        )
         trainer = TDFusionTrainer(runner, cfg, device)
 
     logf = open(args.log, "a") if args.log else None
@@ -678,6 +807,17 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
     return record
 
 
+def _parse_config(text: str | None) -> dict[str, Any]:
+    """``"down=2,dec_blocks=2"`` -> ``{"down": 2, "dec_blocks": 2}`` (ints, floats)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, val = part.partition("=")
+        if not sep:
+            raise ValueError(f"--fusion-config: {part!r} is not KEY=VALUE")
+        out[key.strip()] = float(val) if "." in val else int(val)
+    return out
+
+
 def _rng_states(sampler) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": json.dumps(sampler.rng.bit_generator.state)}
 
@@ -711,6 +851,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--intensity", choices=("l1", "l2"), default="l1",
+                    help="intensity term: l1 (weighted median: keeps each source's contrast) or l2 (blend; older files)")
+    ap.add_argument("--meta-mode", choices=("image", "params"), default="image",
+                    help="inner step of the meta update on the fused image (image) or on the fusion net (params)")
+    ap.add_argument("--image-step", type=float, default=0.05, help="mean intensity change of the image-space inner step")
+    ap.add_argument("--seg-repeats", type=int, default=1, help="segmenter updates per step on the same fused batch")
+    ap.add_argument("--fusion-config", default="down=2,dec_blocks=2",
+                    help="FusionNet arguments for a new model, KEY=VALUE,... ('' = the older full-resolution net)")
+    ap.add_argument("--loss-config", default="",
+                    help="LossNet arguments for a new model, KEY=VALUE,... ('' = dim 16, 1 + 3 blocks)")
+    ap.add_argument("--no-labels", dest="labels", action="store_false",
+                    help="ivif: ignore the MSRS boxes (fusion loss only, loss module neutral)")
     ap.add_argument("--eval-slices", type=int, default=24, help="full training slices for the final Dice report (brats)")
     return ap
 
