@@ -437,3 +437,164 @@ def test_shipped_brats_weights_segment_a_real_test_slice():
     pred = labels > 0
     dice = 2 * np.logical_and(truth, pred).sum() / (truth.sum() + pred.sum())
     assert dice > 0.5, f"whole-tumour Dice {dice:.3f} on the test slice with the largest tumour"
+
+
+# ---------------------------------------------------------------------------------- the fixed loop (task issue)
+def test_l1_intensity_term_follows_the_heavier_source_not_the_blend():
+    """Weighted l1 (TDFusion's form): the per-pixel minimiser is the source with the larger weight,
+    so the fused image keeps that source's contrast (the l2 form averages: a washed-out image)."""
+    a = torch.full((1, 1, 4, 4), 0.2)
+    b = torch.full((1, 1, 4, 4), 0.8)
+    w = torch.cat([torch.full((1, 1, 4, 4), 0.7), torch.full((1, 1, 4, 4), 0.3)], 1)
+    f = torch.full((1, 1, 4, 4), 0.5, requires_grad=True)
+    opt = torch.optim.SGD([f], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        fusion_loss(f, a, b, w, grad_weight=0.0, intensity="l1")[0].backward()
+        opt.step()
+    assert float((f.detach() - 0.2).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="intensity loss kind"):
+        fusion_loss(f, a, b, w, intensity="l3")
+
+
+def test_centred_loss_module_cannot_drift_to_one_source_everywhere():
+    torch.manual_seed(0)
+    net = LossNet(dim=8, joint_blocks=1, centred=True)
+    with torch.no_grad():
+        net.head1.bias.copy_(torch.tensor([5.0, -5.0]))  # an uncentred module would say "A everywhere"
+        net.head1.weight.normal_(0, 0.5)
+    a, b = (torch.from_numpy(x)[None, None] for x in _pair(24, 30))
+    with torch.no_grad():
+        w = net(a, b)
+    torch.testing.assert_close(w.sum(1), torch.ones(1, 24, 30))
+    d = torch.logit(w[:, 0]) - torch.logit(w[:, 1])
+    assert abs(float(d.mean())) < 1e-4 and float(w[:, 0].std()) > 0.01  # regional, balanced on average
+    assert LossNet(centred=True).config["centred"] and "centred" not in LossNet().config
+
+
+@pytest.mark.parametrize("mode", ["image", "params"])
+def test_meta_step_modes_leave_fusion_and_segmenter_alone(mode):
+    r = new_runner("brats", seed=1)
+    a, b, labels = _meta_batch()
+    before = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in r.modules.items() if k != "loss"}
+    out = meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, mode=mode, intensity="l1", inner_lr=0.1)
+    assert out["meta_grad_norm"] > 0
+    for k, state in before.items():
+        assert all(torch.equal(t, state[n]) for n, t in r.modules[k].state_dict().items())
+    with pytest.raises(ValueError, match="meta mode"):
+        meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, mode="implicit")
+
+
+def test_image_meta_gradient_matches_finite_differences():
+    """The image-space inner step: d task(F') / d phi checked numerically on the loss head's weights."""
+    r = new_runner("brats", seed=4)
+    for m in r.modules.values():
+        m.double().to(memory_format=torch.contiguous_format)
+    a, b, labels = _meta_batch(2)
+    a, b = a.double(), b.double()
+    with torch.no_grad():
+        r.loss_net.head1.weight.normal_(0, 0.1)
+    meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, mode="image", image_step=0.05, intensity="l2")
+    analytic = float(r.loss_net.head1.weight.grad[0, 0, 1, 1])
+
+    def outer(delta: float) -> float:
+        with torch.no_grad():
+            r.loss_net.head1.weight[0, 0, 1, 1] += delta
+            fused = r.fusion(a, b)
+        f = fused.clone().requires_grad_(True)
+        lf, _ = fusion_loss(f, a, b, r.loss_net(a, b), 1.0, "l2")
+        (g,) = torch.autograd.grad(lf, f, create_graph=True)
+        # the step size is normalised by a constant (detached) scale, as meta_step does
+        with torch.no_grad():
+            r.loss_net.head1.weight[0, 0, 1, 1] -= delta
+        return g, fused
+
+    g0, fused = outer(0.0)
+    scale = g0.detach().abs().mean()
+
+    def task_at(delta: float) -> float:
+        g, _ = outer(delta)
+        with torch.no_grad():
+            f2 = (fused - 0.05 * g / scale).clamp(0, 1)
+            return float(task_loss(r.segmenter(f2), labels))
+
+    eps = 1e-5
+    numeric = (task_at(eps) - task_at(-eps)) / (2 * eps)
+    assert analytic != 0
+    assert analytic == pytest.approx(numeric, rel=1e-3, abs=1e-10)
+
+
+def test_half_resolution_fusion_net_tiles_exactly_and_is_its_halo():
+    torch.manual_seed(0)
+    net = FusionNet(down=2, dec_blocks=2).eval()
+    assert net.pad_multiple == 2 and net.config["down"] == 2
+    s = 96
+    xa = torch.rand(1, 1, s, s, requires_grad=True)
+    xb = torch.rand(1, 1, s, s, requires_grad=True)
+    net(xa, xb)[0, 0, s // 2, s // 2].backward()
+    ys, xs = torch.nonzero((xa.grad.abs() + xb.grad.abs())[0, 0] > 0, as_tuple=True)
+    radius = max(s // 2 - int(ys.min()), int(ys.max()) - s // 2, s // 2 - int(xs.min()), int(xs.max()) - s // 2)
+    assert radius <= net.receptive_radius
+    r = TDFusionRunner(net, LossNet())
+    a, b = _pair(100, 120, seed=5)
+    full = r.fuse(a, b)
+    h = net.receptive_radius + 1
+    h += h % 2  # even offsets: the same stride phase as the whole image
+    y0, y1, x0, x1 = 40, 60, 44, 70
+    part = r.fuse(a[y0 - h : y1 + h, x0 - h : x1 + h], b[y0 - h : y1 + h, x0 - h : x1 + h])
+    np.testing.assert_allclose(part[h:-h, h:-h], full[y0:y1, x0:x1], atol=1e-5)
+    with pytest.raises(ValueError, match="down must be 1 or 2"):
+        FusionNet(down=3)
+
+
+def test_pair_sampler_with_box_labels_centres_crops_on_objects():
+    rng = np.random.default_rng(0)
+    a = rng.random((60, 80), dtype=np.float32)
+    lab = np.zeros((60, 80), np.int64)
+    lab[40:46, 60:66] = 3
+    lab[38:40, 58:68] = IGNORE_INDEX
+    s = PairSampler([(a, a), (a, a)], crop=24, seed=0, labels=[lab, None], object_fraction=1.0)
+    A, B, L = s.batch(8)
+    assert L.shape == (8, 24, 24) and A.shape == (8, 1, 24, 24)
+    assert all(bool((L[i] == 3).any()) for i in range(8))  # every crop shows the object
+    s2 = PairSampler([(a, a), (a, a)], crop=24, seed=0, labels=[lab, None], object_fraction=0.0)
+    counts = s2.class_counts(4)
+    assert counts[3] == 36 and counts[0] == 60 * 80 - 36 - 20
+    got = {bool((L_ == IGNORE_INDEX).all()) for L_ in s2.batch(16)[2]}
+    assert got == {True, False}  # the unlabelled pair gives only ignored pixels
+    with pytest.raises(ValueError, match="labels of shape"):
+        PairSampler([(a, a)], crop=24, labels=[lab[:10]])
+
+
+@needs_data
+def test_meta_step_gives_the_loss_module_a_real_signal_on_msrs():
+    """On a real MSRS batch with its box labels, the image-space meta step reaches the loss module
+    with a gradient that is not negligible (and exactly nothing when the bi-level graph is cut)."""
+    from napari_fusion.training.tdfusion import box_labels
+    from napari_fusion.training.data import _read_gray_unit
+
+    root = shared_data_dir() / "ivif" / "MSRS"
+    name = "00004N.png"
+    ir, vi = _read_gray_unit(root / "ir" / name), _read_gray_unit(root / "vi" / name)
+    lab = box_labels(root / "boxes" / "fusion" / "00004N.txt", ir.shape)
+    assert set(np.unique(lab)) >= {0, 1}
+    s = PairSampler([(ir, vi)], crop=64, seed=0, labels=[lab], object_fraction=1.0)
+    a, b, labels = s.batch(2)
+    r = new_runner("ivif", seed=0, labelled=True, fusion_config={"down": 2, "dec_blocks": 2},
+                   loss_config={"dim": 8, "joint_blocks": 2, "centred": True})
+    norms, tasks = {}, []
+    for graph in (True, False):
+        out = meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, mode="image", intensity="l1", create_graph=graph)
+        norms[graph] = out["meta_grad_norm"]
+    assert norms[False] == 0.0
+    # the signal is real: a small step of the loss module along it lowers the task loss after the
+    # inner step on this batch (a gradient of noise would not)
+    for _ in range(3):
+        out = meta_step(r.fusion, r.loss_net, r.segmenter, a, b, labels, None, mode="image", intensity="l1")
+        tasks.append(out["meta_task"])
+        assert out["meta_grad_norm"] > 1e-5, out
+        with torch.no_grad():
+            g = torch.cat([p.grad.ravel() for p in r.loss_net.parameters()])
+            for p in r.loss_net.parameters():
+                p -= 0.5 * p.grad / g.norm()
+    assert tasks[-1] < tasks[0], tasks

@@ -176,11 +176,18 @@ class LossNet(nn.Module):
     """Loss generation module: sources -> ``(N, 2, H, W)`` per-pixel softmax weights over (A, B).
 
     The last conv is initialised to zero, so an untrained module gives (0.5, 0.5) everywhere.
+    ``centred=True``: the weight logit (A's minus B's) has its mean over each image subtracted, so the
+    module says *where* to follow which source relative to the image's own balance and cannot drift
+    to one source everywhere (the global degree of freedom that a co-adapting task network rewards:
+    ``docs/results/meta_gradient.md``). Files without ``centred`` in their config are uncentred.
     """
 
-    def __init__(self, dim: int = 16, enc_blocks: int = 1, joint_blocks: int = 3, expansion: float = 2.0):
+    def __init__(self, dim: int = 16, enc_blocks: int = 1, joint_blocks: int = 3, expansion: float = 2.0, centred: bool = False):
         super().__init__()
         self.config = {"dim": dim, "enc_blocks": enc_blocks, "joint_blocks": joint_blocks, "expansion": expansion}
+        if centred:
+            self.config["centred"] = True
+        self.centred = bool(centred)
         self.stem_a = nn.Conv2d(1, dim, 3, padding=1, bias=True)
         self.stem_b = nn.Conv2d(1, dim, 3, padding=1, bias=True)
         self.enc_a = nn.Sequential(*[Block(dim, expansion) for _ in range(enc_blocks)])
@@ -201,7 +208,13 @@ class LossNet(nn.Module):
         fb = self.enc_b(self.stem_b(b))
         x = self.joint(torch.cat([fa, fb], 1))
         x = F.gelu(self.head0(x))
-        return torch.softmax(self.head1(x), dim=1)
+        logits = self.head1(x)
+        if self.centred:
+            d = logits[:, :1] - logits[:, 1:2]
+            d = d - d.mean(dim=(-2, -1), keepdim=True)
+            w_a = torch.sigmoid(d)
+            return torch.cat([w_a, 1.0 - w_a], 1)
+        return torch.softmax(logits, dim=1)
 
 
 def fusion_receptive_radius(enc_blocks: int = 2, dec_blocks: int = 3, down: int = 1) -> int:

@@ -1,0 +1,362 @@
+"""Does the task-driven fused image serve the task? MSRS objects (person, bicycle, car) from boxes.
+
+The claim of task-driven fusion, measured as the task issue asks: ONE task network architecture
+(``methods.segmenter.Segmenter``, the small U-Net of ``tdfusion``) and ONE training budget (steps,
+crops, batch, seed, class weights, the same weak box labels) trained on each input in turn:
+
+- ``ir`` / ``vi``: infrared alone, visible alone (gray / Y),
+- ``stack``: both as two channels (the network sees both, no fusion),
+- ``average`` / ``max``: the classical baselines,
+- ``gifnet``: the task-agnostic learned fusion,
+- ``tdfusion``: the task-driven fused image of the shipped ``tdfusion`` model,
+
+on the 192 MSRS train-split pairs, scored on the 49 test-split pairs (``split.csv``): box mAP@0.5
+(boxes = connected components of the predicted labels, scored by pycocotools through
+``napari_fusion.boxes.box_map``; score = mean class probability) and inner-box pixel IoU (background,
+person, car; a 4-pixel ring around each box ignored), for night and day pairs separately, over
+``--seeds`` seeds (mean and spread). Every fused image comes from ``napari_fusion.fuse`` on the image
+files as a user has them (visible RGB; the fused RGB result's Y is what the network sees).
+
+Then the shipped task models end to end (``napari_fusion.detect``: fuse + segment + boxes):
+``tdfusion`` and, when registered, ``multitaskvif-ivif``.
+
+    python benchmarks/ivif_task.py --threads 1 --steps 400 --seeds 0 1 2
+    python benchmarks/ivif_task.py --parts shipped          # only the end-to-end table
+
+writes docs/results/ivif_task.md and .csv (one row per input and seed); per-run results are cached
+in ``--cache`` (a folder) so a run split over several processes or interrupted resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, environment, markdown_table, print_flush, write_csv, write_text
+
+INPUTS = ("ir", "vi", "stack", "average", "max", "gifnet", "tdfusion")
+FUSED = ("average", "max", "gifnet", "tdfusion")
+IOU_CLASSES = (0, 1, 3)  # background, person, car (bicycles are too few in the test split for pixel IoU)
+NAMES = {0: "background", 1: "person", 2: "bicycle", 3: "car"}
+
+
+# ----------------------------------------------------------------------------- data
+def msrs_root() -> Path:
+    from napari_fusion.training.data import shared_data_dir
+
+    root = shared_data_dir()
+    if root is None or not (root / "ivif" / "MSRS" / "split.csv").is_file():
+        sys.exit("MSRS with split.csv not found under ../shared/data (see its README)")
+    return root / "ivif" / "MSRS"
+
+
+def split_names(root: Path) -> dict[str, list[str]]:
+    from napari_fusion.training.data import pair_split
+
+    out: dict[str, list[str]] = {"train": [], "test": []}
+    for name, part in sorted(pair_split(root / "ir").items()):
+        out[part].append(name)
+    return out
+
+
+def truth_boxes(root: Path, name: str, shape) -> list:
+    from napari_fusion.boxes import read_yolo
+
+    return read_yolo(root / "boxes" / "fusion" / (Path(name).stem + ".txt"), shape, n_classes=3,
+                     names=["person", "bicycle", "car"])
+
+
+def y_unit(x: np.ndarray) -> np.ndarray:
+    """A fused/visible image as the network sees it: unit gray, or the Y of an RGB image."""
+    from napari_fusion.color import rgb_to_ycbcr
+
+    x = np.asarray(x)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32) / scale
+    if x.ndim == 3:
+        x = rgb_to_ycbcr(x[..., :3])[..., 0]
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _model_tag(method: str) -> str:
+    """A short hash of a learned method's weights file (cache key: a retrained model is re-fused)."""
+    from napari_fusion.methods.registry import WEIGHTS_DIR, get_method
+
+    w = get_method(method).weights
+    if not w:
+        return "classical"
+    return hashlib.sha1((WEIGHTS_DIR / w).read_bytes()).hexdigest()[:10]
+
+
+def load_inputs(root: Path, names: list[str], cache: Path, device: str, inputs=INPUTS) -> dict[str, dict[str, np.ndarray]]:
+    """{name: {input: (C, H, W) float32 unit}} for every pair; fused ones via the public API (cached)."""
+    import napari_fusion as nf
+    from skimage import io as skio
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    cache.mkdir(parents=True, exist_ok=True)
+    for method in [m for m in FUSED if m in inputs]:
+        f = cache / f"fused_{method}_{_model_tag(method)}.npz"
+        done = dict(np.load(f)) if f.is_file() else {}
+        t0, n_new = time.perf_counter(), 0
+        for n in names:
+            if n not in done:
+                fused = nf.fuse(str(root / "ir" / n), str(root / "vi" / n), method, device=device)
+                done[n] = np.clip(np.rint(y_unit(fused) * 255), 0, 255).astype(np.uint8)
+                n_new += 1
+        if n_new:
+            np.savez_compressed(f, **done)
+            print_flush(f"fused {n_new} pairs with {method} through napari_fusion.fuse ({time.perf_counter() - t0:.0f} s)")
+        for n in names:
+            out.setdefault(n, {})[method] = done[n].astype(np.float32)[None] / 255.0
+    for n in names:
+        ir = y_unit(skio.imread(str(root / "ir" / n)))
+        vi = y_unit(skio.imread(str(root / "vi" / n)))
+        out[n] |= {"ir": ir[None], "vi": vi[None], "stack": np.stack([ir, vi])}
+    return out
+
+
+def weak(root: Path, name: str, shape) -> np.ndarray:
+    from napari_fusion.training.tdfusion import box_labels
+
+    return box_labels(root / "boxes" / "fusion" / (Path(name).stem + ".txt"), shape)
+
+
+# ----------------------------------------------------------------------------- one task network
+def train_net(images: list[np.ndarray], labels: list[np.ndarray], steps: int, crop: int, batch: int, seed: int):
+    """The benchmark's task network: fixed architecture, budget, seed; only the input differs."""
+    from napari_fusion.methods.segmenter import Segmenter
+    from napari_fusion.training.losses import IGNORE_INDEX, class_weights_from_counts, task_loss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = Segmenter(4, in_channels=images[0].shape[0])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    counts = sum(np.bincount(lab[lab >= 0].ravel(), minlength=4)[:4] for lab in labels)
+    cw = class_weights_from_counts(counts)
+    objects = [np.flatnonzero(lab.ravel() > 0) for lab in labels]
+    with_obj = [i for i, o in enumerate(objects) if len(o)]
+    net.train()
+    for _ in range(steps):
+        X = np.empty((batch, images[0].shape[0], crop, crop), np.float32)
+        Y = np.empty((batch, crop, crop), np.int64)
+        for k in range(batch):
+            if rng.random() < 0.5 and with_obj:  # half the crops near an object, as tdfusion trains
+                i = with_obj[int(rng.integers(len(with_obj)))]
+                H, W = labels[i].shape
+                y, x = divmod(int(objects[i][int(rng.integers(len(objects[i])))]), W)
+                y0 = int(np.clip(y - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, H - crop))
+                x0 = int(np.clip(x - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, W - crop))
+            else:
+                i = int(rng.integers(len(images)))
+                H, W = labels[i].shape
+                y0, x0 = int(rng.integers(H - crop + 1)), int(rng.integers(W - crop + 1))
+            x_ = images[i][:, y0 : y0 + crop, x0 : x0 + crop]
+            y_ = labels[i][y0 : y0 + crop, x0 : x0 + crop]
+            if rng.random() < 0.5:  # horizontal flips only: street scenes have an up
+                x_, y_ = x_[..., ::-1], y_[..., ::-1]
+            X[k], Y[k] = x_, y_
+        logits = net(torch.from_numpy(X))
+        loss = task_loss(logits, torch.from_numpy(Y), IGNORE_INDEX, cw)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (H, W) and class probabilities (4, H, W) of one (C, H, W) image (padded to 8)."""
+    C, H, W = image.shape
+    ph, pw = (-H) % 8, (-W) % 8
+    x = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    p = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))[None]), 1)[0, :, :H, :W].numpy()
+    return p.argmax(0).astype(np.int32), p
+
+
+# ----------------------------------------------------------------------------- scores
+def scores(preds: dict[str, tuple[np.ndarray, list]], truths: dict[str, tuple[np.ndarray, list]], names: list[str]) -> dict:
+    """mAP@0.5 (mean and per class) and inner-box IoU (per class, mean) over ``names``."""
+    from napari_fusion.boxes import box_map
+
+    m = box_map([preds[n][1] for n in names], [truths[n][1] for n in names], names=["person", "bicycle", "car"])
+    inter = np.zeros(4)
+    union = np.zeros(4)
+    for n in names:
+        lab, truth = preds[n][0], truths[n][0]
+        valid = truth >= 0
+        for c in IOU_CLASSES:
+            p, t = (lab == c) & valid, (truth == c) & valid
+            inter[c] += np.logical_and(p, t).sum()
+            union[c] += np.logical_or(p, t).sum()
+    iou = {NAMES[c]: float(inter[c] / union[c]) if union[c] else float("nan") for c in IOU_CLASSES}
+    out = {"map50": float(m.mean), "iou_mean": float(np.nanmean(list(iou.values())))}
+    out |= {f"ap_{k}": float(v) for k, v in m.per_class.items()}
+    out |= {f"iou_{k}": v for k, v in iou.items()}
+    return out
+
+
+def score_predictions(root, test, preds) -> dict:
+    truths = {}
+    for n in test:
+        shape = preds[n][0].shape
+        truths[n] = (weak(root, n, shape), truth_boxes(root, n, shape))
+    night = [n for n in test if Path(n).stem.upper().endswith("N")]
+    day = [n for n in test if n not in night]
+    return {"all": scores(preds, truths, test), "night": scores(preds, truths, night), "day": scores(preds, truths, day)}
+
+
+def run_input(root, split, data, inp: str, seed: int, args) -> dict:
+    from napari_fusion.boxes import boxes_from_labels
+    from napari_fusion.methods.tdfusion import IVIF_CLASSES
+
+    train = split["train"]
+    imgs = [data[n][inp] for n in train]
+    labs = [weak(root, n, data[n][inp].shape[1:]) for n in train]
+    t0 = time.perf_counter()
+    net = train_net(imgs, labs, args.steps, args.crop, args.batch, seed)
+    secs = time.perf_counter() - t0
+    preds = {}
+    for n in split["test"]:
+        lab, prob = predict(net, data[n][inp])
+        preds[n] = (lab, boxes_from_labels(lab, IVIF_CLASSES, probs=prob, min_area=args.min_area))
+    return {"input": inp, "seed": seed, "train_seconds": round(secs, 1)} | score_predictions(root, split["test"], preds)
+
+
+def shipped(root, split, args) -> list[dict]:
+    """The shipped task models end to end through ``napari_fusion.detect`` (fuse + segment + boxes)."""
+    import napari_fusion as nf
+    from napari_fusion.boxes import boxes_from_labels
+    from napari_fusion.methods.registry import list_methods
+
+    names = [m.name for m in list_methods(segmenting_only=True) if m.name in ("tdfusion", "multitaskvif-ivif")]
+    rows = []
+    for method in names:
+        preds, t = {}, []
+        for n in split["test"]:
+            # what napari_fusion.detect runs: fuse(..., full=True, segment=True), then boxes_from_labels
+            # (called as two steps here because the IoU needs the labels too)
+            t0 = time.perf_counter()
+            res = nf.fuse(str(root / "ir" / n), str(root / "vi" / n), method, full=True, segment=True, device=args.device)
+            boxes = boxes_from_labels(res.labels, res.classes, min_area=args.min_area)
+            t.append(time.perf_counter() - t0)
+            preds[n] = (np.asarray(res.labels), boxes)
+        rows.append({"input": method, "seed": "shipped", "seconds_per_pair": round(float(np.median(t)), 2)}
+                    | score_predictions(root, split["test"], preds))
+        print_flush(f"shipped {method}: mAP@0.5 {rows[-1]['all']['map50']:.3f}, IoU {rows[-1]['all']['iou_mean']:.3f}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- tables
+def _mean_sd(vals: list[float]) -> str:
+    v = [x for x in vals if x is not None and not math.isnan(x)]
+    if not v:
+        return "–"
+    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def tables(runs: list[dict], ship: list[dict], args) -> str:
+    lines = []
+    for part in ("all", "night", "day"):
+        rows = []
+        for inp in [i for i in INPUTS if any(r["input"] == i for r in runs)]:
+            rs = [r for r in runs if r["input"] == inp]
+            rows.append([inp, len(rs)] + [_mean_sd([r[part].get(k, float("nan")) for r in rs]) for k in
+                        ("map50", "ap_person", "ap_bicycle", "ap_car", "iou_mean", "iou_person", "iou_car")])
+        lines.append(f"### {part} test pairs\n")
+        lines.append(markdown_table(["input", "seeds", "mAP@0.5", "AP person", "AP bicycle", "AP car", "IoU mean", "IoU person", "IoU car"], rows))
+        lines.append("")
+    if ship:
+        rows = [[r["input"], r["seconds_per_pair"]] + [f"{r[p]['map50']:.3f}" for p in ("all", "night", "day")]
+                + [f"{r[p]['iou_mean']:.3f}" for p in ("all", "night", "day")] for r in ship]
+        lines.append("### the shipped task models end to end (`napari_fusion.detect`)\n")
+        lines.append(markdown_table(["model", "s per pair", "mAP@0.5", "night", "day", "IoU mean", "night", "day"], rows))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def verdict(runs: list[dict]) -> str:
+    by = {i: float(np.mean([r["all"]["map50"] for r in runs if r["input"] == i])) for i in INPUTS if any(r["input"] == i for r in runs)}
+    if "tdfusion" not in by:
+        return "The task-driven fused image was not measured in this run."
+    others = {k: v for k, v in by.items() if k in ("ir", "vi", "average", "gifnet")}
+    beaten = [k for k, v in others.items() if by["tdfusion"] > v]
+    lost = [k for k, v in others.items() if by["tdfusion"] <= v]
+    best = max(by, key=by.get)
+    text = ("Mean mAP@0.5 (all test pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])) + ". ")
+    if not lost:
+        text += "**The claim holds**: the task-driven fused image beats infrared, visible, average and gifnet-fused on mean mAP@0.5."
+    else:
+        text += f"**The claim does not hold**: the task-driven fused image does not beat {', '.join(lost)}" + (
+            f" (it beats {', '.join(beaten)})." if beaten else ".")
+    text += f" Best input: `{best}`."
+    return text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", nargs="+", default=["claim", "shipped"], choices=["claim", "shipped"])
+    ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--crop", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--min-area", type=int, default=20, help="smallest component kept as a box (pixels)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-fusion-bench" / "ivif_task"))
+    ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = msrs_root()
+    split = split_names(root)
+    cache = Path(args.cache)
+    runs: list[dict] = []
+    if "claim" in args.parts:
+        data = load_inputs(root, split["train"] + split["test"], cache, args.device, args.inputs)
+        for inp in args.inputs:
+            tag = _model_tag(inp) if inp in FUSED else "source"
+            for seed in args.seeds:
+                f = cache / f"run_{inp}_{tag}_s{seed}_{args.steps}x{args.batch}x{args.crop}_a{args.min_area}.json"
+                if f.is_file():
+                    r = json.loads(f.read_text())
+                else:
+                    r = run_input(root, split, data, inp, seed, args)
+                    f.write_text(json.dumps(r))
+                runs.append(r)
+                print_flush(f"{inp} seed {seed}: mAP@0.5 {r['all']['map50']:.3f} (night {r['night']['map50']:.3f}, "
+                            f"day {r['day']['map50']:.3f}), IoU {r['all']['iou_mean']:.3f} ({r['train_seconds']} s)")
+    ship = shipped(root, split, args) if "shipped" in args.parts else []
+    text = (
+        "# Task-driven fusion on MSRS objects (person, bicycle, car)\n\n"
+        f"Measured {environment(args.device)}; `python benchmarks/ivif_task.py "
+        f"--steps {args.steps} --batch {args.batch} --crop {args.crop} --seeds {' '.join(map(str, args.seeds))}`.\n"
+        f"{len(split['train'])} train-split pairs, {len(split['test'])} test-split pairs (MSRS `split.csv`); one task network "
+        "(the small U-Net of `tdfusion`), one budget, trained on each input; boxes = connected components of the "
+        "predicted labels (score = mean class probability), mAP@0.5 by pycocotools; IoU = inner-box pixel IoU "
+        "(background, person, car; a 4-pixel ring around each box ignored). Mean ± spread (std) over seeds.\n\n"
+        + (verdict(runs) + "\n\n" if runs else "")
+        + tables(runs, ship, args)
+    )
+    print_flush(text)
+    if not args.no_write:
+        write_text(RESULTS / "ivif_task.md", text)
+        flat = []
+        for r in runs + ship:
+            for part in ("all", "night", "day"):
+                flat.append([r["input"], r["seed"], part] + [r[part].get(k) for k in
+                            ("map50", "ap_person", "ap_bicycle", "ap_car", "iou_mean", "iou_background", "iou_person", "iou_car")])
+        write_csv(RESULTS / "ivif_task.csv", ["input", "seed", "pairs", "map50", "ap_person", "ap_bicycle", "ap_car",
+                                              "iou_mean", "iou_background", "iou_person", "iou_car"], flat)
+
+
+if __name__ == "__main__":
+    main()
