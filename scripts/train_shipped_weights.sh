@@ -17,9 +17,10 @@ run() { local name=$1; shift; case " $MODELS " in *" $name "*) ;; *) return 0;; 
   echo "+ $*" >"$OUT/$name.cmd"; "$@" >"$OUT/$name.log" 2>&1 & }
 run tdfusion_brats python -m napari_fusion.training.tdfusion --task brats --data "$DATA/brats.npz" \
   --out "$OUT/tdfusion_brats.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0 \
-  --meta-every 2 --meta-start 200 $DET
+  --meta-every 2 --meta-start 200 --loss-config dim=8,joint_blocks=2,centred=1 $DET
 run tdfusion_ivif python -m napari_fusion.training.tdfusion --task ivif --data "$DATA/ivif.npz" \
-  --out "$OUT/tdfusion_ivif.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0 $DET
+  --out "$OUT/tdfusion_ivif.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0 \
+  --meta-start 150 --loss-config dim=8,joint_blocks=2,centred=1 $DET
 run gifnet python -m napari_fusion.training.gifnet --data "$DATA/gifnet.npz" \
   --out "$OUT/gifnet.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0
 run multitaskvif_brats python -m napari_fusion.training.multitask --data "$DATA/brats.npz" \

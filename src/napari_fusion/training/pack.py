@@ -6,7 +6,7 @@ are never packed.
 
     python -m napari_fusion.training.pack --out .gpudata
 writes ``brats.npz`` (a, b, labels: BraTS train+validation slices), ``ivif.npz`` (a_i, b_i: IR / visible-Y
-training pairs) and ``med.npz`` (a_i, b_i: MRI/CT and MRI/PET-Y pairs). ``--combine`` then makes
+training pairs; l_i: weak labels of the MSRS pairs' object boxes) and ``med.npz`` (a_i, b_i: MRI/CT and MRI/PET-Y pairs). ``--combine`` then makes
 ``gifnet.npz`` (ivif_*, med_*, gray_*: everything GIFNet's tasks are made from) out of those two, so
 only the small files need to travel.
 """
@@ -32,12 +32,27 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _pairs(root: Path, da: str, db: str, max_pairs: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _names(root: Path, da: str, db: str, max_pairs: int | None) -> list[str]:
     names = [n for n in training_names(root / da) if (root / db / n).exists()]
     if max_pairs:
         idx = np.linspace(0, len(names) - 1, min(max_pairs, len(names))).round().astype(int)
         names = [names[i] for i in sorted(set(idx))]
-    return [(_u8(_read_gray_unit(root / da / n)), _u8(_read_gray_unit(root / db / n))) for n in names]
+    return names
+
+
+def _pairs(root: Path, da: str, db: str, max_pairs: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(_u8(_read_gray_unit(root / da / n)), _u8(_read_gray_unit(root / db / n))) for n in _names(root, da, db, max_pairs)]
+
+
+def _box_labels(root: Path, names: list[str], shapes: list[tuple[int, int]]) -> list[np.ndarray | None]:
+    """Weak labels of MSRS's object boxes (``training.tdfusion.box_labels``) as int16, None without a box file."""
+    from .tdfusion import box_labels
+
+    out = []
+    for n, shape in zip(names, shapes):
+        lab = box_labels(root / "boxes" / "fusion" / (Path(n).stem + ".txt"), shape)
+        out.append(None if lab is None else lab.astype(np.int16))
+    return out
 
 
 def pack_all(out: str | Path, data: str | Path | None = None, max_msrs: int = 70, max_road: int = 40) -> dict[str, Path]:
@@ -55,8 +70,13 @@ def pack_all(out: str | Path, data: str | Path | None = None, max_msrs: int = 70
         b=_u8(np.concatenate([tr["b"], va["b"]])),
         labels=np.concatenate([tr["labels"], va["labels"]]).astype(np.uint8),
     )
-    ivif = _pairs(data / "ivif" / "MSRS", "ir", "vi", max_msrs) + _pairs(data / "ivif" / "RoadScene", "ir", "vi", max_road)
-    paths["ivif"] = pack_dataset(out / "ivif.npz", **{f"{k}_{i}": p[j] for i, p in enumerate(ivif) for j, k in enumerate("ab")})
+    msrs = data / "ivif" / "MSRS"
+    ivif = _pairs(msrs, "ir", "vi", max_msrs)
+    labels = _box_labels(msrs, _names(msrs, "ir", "vi", max_msrs), [p[0].shape for p in ivif])  # l_i: MSRS boxes
+    ivif += _pairs(data / "ivif" / "RoadScene", "ir", "vi", max_road)
+    arrays = {f"{k}_{i}": p[j] for i, p in enumerate(ivif) for j, k in enumerate("ab")}
+    arrays |= {f"l_{i}": lab for i, lab in enumerate(labels) if lab is not None}
+    paths["ivif"] = pack_dataset(out / "ivif.npz", **arrays)
     med = _pairs(data / "medical" / "MRI_CT", "MRI", "CT", None) + _pairs(data / "medical" / "MRI_PET", "MRI", "PET", None)
     paths["med"] = pack_dataset(out / "med.npz", **{f"{k}_{i}": p[j] for i, p in enumerate(med) for j, k in enumerate("ab")})
     paths["gifnet"] = combine(out)
