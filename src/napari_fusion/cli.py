@@ -88,15 +88,13 @@ def _cmd_fuse(args) -> int:
 
 def _fuse_files(args) -> int:
     """``fuse A_FILE B_FILE --out OUT_DIR``: one pair."""
-    from .engine.batch import BatchJob, fuse_job, output_path, run_jobs
+    from .engine.batch import BatchJob, file_stem, fuse_job, output_path, run_jobs
 
     if not args.b_dir or not Path(args.b_dir).is_file():
         print(f"error: {args.a_dir} is a file; give its partner file as B", file=sys.stderr)
         return 2
     a, b = Path(args.a_dir), Path(args.b_dir)
-    from .engine.batch import _stem
-
-    job = BatchJob(_stem(a), a, b, output_path(args.out, _stem(a), a, args.format))
+    job = BatchJob(file_stem(a), a, b, output_path(args.out, file_stem(a), a, args.format))
     import functools
 
     report = run_jobs([job], functools.partial(fuse_job, method=args.method, device=args.device, tile=args.tile, overwrite=args.overwrite), retries=args.retries)
@@ -139,17 +137,15 @@ def _cmd_fuse_large(args) -> int:
 def _cmd_enhance(args) -> int:
     import functools
 
-    from .engine.batch import BatchJob, _images, enhance_job, output_path, run_jobs
+    from .engine.batch import BatchJob, enhance_job, file_stem, images_by_name, output_path, run_jobs
 
     src = Path(args.in_dir)
     clashes: list = []  # two files with one name: reported, not guessed between
-    files = {src.name: src} if src.is_file() else _images(src, clashes)
+    files = {src.name: src} if src.is_file() else images_by_name(src, clashes)
     if not files and not clashes:
         print(f"error: no images in {src}", file=sys.stderr)
         return 2
-    from .engine.batch import _stem
-
-    jobs = [BatchJob(_stem(p), p, None, output_path(args.out, _stem(p), p, args.format)) for p in files.values()]
+    jobs = [BatchJob(file_stem(p), p, None, output_path(args.out, file_stem(p), p, args.format)) for p in files.values()]
     bar = _bar(len(jobs), "enhance")
     fn = functools.partial(enhance_job, method=args.method, device=args.device, tile=args.tile, overwrite=args.overwrite)
     try:
@@ -184,19 +180,19 @@ def _segment_one(job, method: str, device: str, tile: int | None, overwrite: boo
 def _cmd_segment(args) -> int:
     import functools
 
-    from .engine.batch import BatchJob, _images, _stem, fuse_folder, output_path, run_jobs
+    from .engine.batch import BatchJob, file_stem, fuse_folder, images_by_name, output_path, run_jobs
 
     method = args.method
     if args.b_dir:  # two source folders: fuse and segment, labels under OUT/labels/
         report = fuse_folder(args.in_dir, args.b_dir, args.out, method, device=args.device, tile=args.tile, overwrite=args.overwrite, suffix=args.format)
         return _print_report(report)
     clashes: list = []  # two files with one name: reported, not guessed between
-    files = _images(Path(args.in_dir), clashes)
+    files = images_by_name(Path(args.in_dir), clashes)
     if not files and not clashes:
         print(f"error: no images in {args.in_dir}", file=sys.stderr)
         return 2
     suffix = args.format or ".png"
-    jobs = [BatchJob(_stem(p), p, None, output_path(args.out, _stem(p), p, suffix if _suffix_ok(p) else ".tif")) for p in files.values()]
+    jobs = [BatchJob(file_stem(p), p, None, output_path(args.out, file_stem(p), p, suffix if _suffix_ok(p) else ".tif")) for p in files.values()]
     bar = _bar(len(jobs), "segment")
     fn = functools.partial(_segment_one, method=method, device=args.device, tile=args.tile, overwrite=args.overwrite)
     try:
@@ -214,10 +210,10 @@ def _suffix_ok(p: Path) -> bool:
 def evaluate_folders(a_dir: str | os.PathLike, b_dir: str | os.PathLike | None, fused_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """Fusion metrics of every fused file against its pair; returns (rows, problems)."""
     from .api import evaluate
-    from .engine.batch import _images, plan_jobs
+    from .engine.batch import images_by_name, plan_jobs
 
     clashes: list = []  # fused/x.png and fused/x.tif: which one to score is unclear
-    fused = _images(Path(fused_dir), clashes)
+    fused = images_by_name(Path(fused_dir), clashes)
     jobs, problems = plan_jobs(a_dir, b_dir, fused_dir)
     rows, errors = [], [f"{p.name}: {p.error}" for p in problems + clashes]
     jobs = [j for j in jobs if j.name not in {c.name for c in clashes}]

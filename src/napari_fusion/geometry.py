@@ -25,6 +25,9 @@ import numpy as np
 __all__ = [
     "Grid",
     "bring_onto",
+    "index_map",
+    "resample",
+    "source_window",
     "resolution_ratio",
     "implied_grid",
     "same_grid",
@@ -259,10 +262,16 @@ def _world_compatible(grid_b: Grid, grid_a: Grid) -> np.ndarray | None:
     return m
 
 
+def _antialias_sigma(lin: np.ndarray) -> np.ndarray:
+    """Gaussian sigma per B axis: B is anti-aliased where it is sampled more coarsely than its spacing."""
+    step = np.linalg.norm(lin, axis=1)
+    return np.where(step > 1.0 + 1e-6, (step - 1.0) / 2.0, 0.0)
+
+
 def _resample_one(
-    x: np.ndarray, a_to_b: np.ndarray, out_shape: tuple[int, ...], order: int, edge: float
+    x: np.ndarray, a_to_b: np.ndarray, out_shape: tuple[int, ...], order: int, bounds: Sequence[tuple[float, float]] | None = None
 ) -> np.ndarray:
-    """Sample ``x`` (B) at ``a_to_b @ index_A``; outside B's extent by more than ``edge`` px -> 0."""
+    """Sample ``x`` (B) at ``a_to_b @ index_A``; 0 outside ``bounds`` (B's footprint, per axis)."""
     from scipy import ndimage
 
     n = len(out_shape)
@@ -271,9 +280,7 @@ def _resample_one(
     wide = src.dtype == np.float64 or (src.dtype.kind in "iu" and src.dtype.itemsize >= 4)
     work = src.astype(np.float64 if wide else np.float32, copy=False)
     lin = a_to_b[:n, :n]
-    # Anti-alias when B is sampled more coarsely than its own spacing (B finer than A).
-    step = np.linalg.norm(lin, axis=1)
-    sigma = np.where(step > 1.0 + 1e-6, (step - 1.0) / 2.0, 0.0)
+    sigma = _antialias_sigma(lin)
     if np.any(sigma > 0) and order > 0:
         work = ndimage.gaussian_filter(work, sigma, mode="nearest")
     if np.allclose(lin, np.diag(np.diag(lin))):
@@ -283,7 +290,9 @@ def _resample_one(
     out = ndimage.affine_transform(
         work, matrix, offset=a_to_b[:n, n], output_shape=out_shape, order=order, mode="nearest", prefilter=order > 1
     )
-    # Zero what lies outside B (beyond half a pixel plus ``edge``), instead of smearing its edge.
+    # Zero what lies outside B (beyond half a pixel), instead of smearing its edge.
+    if bounds is None:
+        bounds = [(-0.5, src.shape[ax] - 0.5) for ax in range(n)]
     inside = np.ones(out_shape, bool)
     for ax in range(n):
         # B coordinate along axis `ax` of every A index, built by broadcasting (1-D when aligned)
@@ -293,11 +302,60 @@ def _resample_one(
                 shp = [1] * n
                 shp[j] = out_shape[j]
                 coord = coord + lin[ax, j] * np.arange(out_shape[j], dtype=np.float64).reshape(shp)
-        lim = src.shape[ax] - 0.5 + edge + 1e-6
-        inside &= (coord >= -0.5 - edge - 1e-6) & (coord <= lim)
+        lo, hi = bounds[ax]
+        inside &= (coord >= lo - 1e-6) & (coord <= hi + 1e-6)
     if not inside.all():
         out[~inside] = 0
     return _cast_like(out, src.dtype)
+
+
+def source_window(a_to_b: np.ndarray, start: Sequence[int], shape: Sequence[int], shape_b: Sequence[int]) -> tuple[slice, ...] | None:
+    """The part of B that :func:`resample` of the window ``start``/``shape`` of A's grid reads
+    (None: the window lies outside B), with the margin the anti-aliasing and the linear
+    interpolation need, so that resampling window by window equals :func:`bring_onto` (order <= 1)."""
+    n = len(shape)
+    lin = a_to_b[:n, :n]
+    corners = np.array(np.meshgrid(*[[s, s + max(k - 1, 0)] for s, k in zip(start, shape)], indexing="ij"), float)
+    cb = corners.reshape(n, -1).T @ lin.T + a_to_b[:n, n]
+    margin = 2 + np.ceil(4.0 * _antialias_sigma(lin) + 0.5).astype(int)  # gaussian_filter's radius, truncate=4
+    lo = np.maximum(np.floor(cb.min(axis=0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(cb.max(axis=0)).astype(int) + margin + 1, np.asarray(shape_b, int))
+    return None if np.any(lo >= hi) else tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def resample(
+    b: np.ndarray,
+    a_to_b: np.ndarray,
+    out_shape: Sequence[int],
+    *,
+    order: int = 1,
+    channel_axis: int | None = None,
+    out_start: Sequence[int] | None = None,
+    b_window: Sequence[slice] | None = None,
+    shape_b: Sequence[int] | None = None,
+) -> np.ndarray:
+    """B sampled at ``a_to_b @ index_A`` (:func:`index_map`) over ``out_shape``; B's dtype kept.
+
+    For a window of A's grid starting at ``out_start``, ``b`` may hold only ``b_window``
+    (:func:`source_window`) of a B of spatial shape ``shape_b``: the result equals that window of
+    resampling all of B. ``channel_axis`` names a non-spatial axis kept as is.
+    """
+    out_shape = tuple(int(v) for v in out_shape)
+    n = len(out_shape)
+    bounds = None
+    if out_start is not None or b_window is not None:
+        o = np.zeros(n) if out_start is None else np.asarray(out_start, float)
+        w = np.zeros(n) if b_window is None else np.array([s.start or 0 for s in b_window], float)
+        a_to_b = a_to_b.copy()
+        a_to_b[:n, n] += a_to_b[:n, :n] @ o - w
+        if shape_b is not None:
+            bounds = [(-0.5 - w[ax], shape_b[ax] - 0.5 - w[ax]) for ax in range(n)]
+    data = np.asarray(b)
+    if channel_axis is None:
+        return _resample_one(data, a_to_b, out_shape, order, bounds)
+    moved = np.moveaxis(data, channel_axis % data.ndim, 0)
+    out = np.stack([_resample_one(ch, a_to_b, out_shape, order, bounds) for ch in moved])
+    return np.moveaxis(out, 0, channel_axis % data.ndim)
 
 
 #: below this fraction of A's grid covered by B, :func:`bring_onto` warns (:class:`CoverageWarning`)
@@ -443,14 +501,23 @@ def bring_onto(
         raise ValueError(
             f"source B's data is {shape_str(spatial_b)} (spatial) but its grid says {shape_str(grid_b.shape)}"
         )
+    a_to_b = index_map(grid_b, grid_a, names)
+    if a_to_b is None:
+        return b
+    return resample(b, a_to_b, grid_a.shape, order=order, channel_axis=cax)
+
+
+def index_map(grid_b: Grid, grid_a: Grid, names: tuple[str, str] = ("source A", "source B")) -> np.ndarray | None:
+    """``a_to_b``: A's index -> B's (fractional) index at the same world point; None when B lies on
+    A's grid. Grids without geometry are related by their shapes' ratio, world units converted;
+    the errors and the coverage warning of :func:`bring_onto`."""
     if grid_b.ndim != grid_a.ndim:
         raise ValueError(
             f"source B is {grid_b.ndim}-D ({shape_str(grid_b.shape)}) but source A is {grid_a.ndim}-D "
             f"({shape_str(grid_a.shape)}); cannot bring one onto the other"
         )
     if same_grid(grid_b, grid_a):
-        return b
-
+        return None
     gb = grid_b
     if grid_b.is_identity or (grid_a.is_identity and grid_b.units != "pixel"):
         # B has no geometry of its own (or A has none to relate B's to): use the shapes' ratio.
@@ -469,11 +536,6 @@ def bring_onto(
         )
     a_to_b = np.linalg.inv(conv @ gb.affine) @ grid_a.affine
     if np.allclose(a_to_b, np.eye(grid_a.ndim + 1), atol=1e-6) and gb.shape == grid_a.shape:
-        return b
+        return None
     check_overlap(gb, grid_a, names)
-    data = np.asarray(b)
-    if cax is None:
-        return _resample_one(data, a_to_b, grid_a.shape, order, 0.0)
-    moved = np.moveaxis(data, cax, 0)
-    out = np.stack([_resample_one(ch, a_to_b, grid_a.shape, order, 0.0) for ch in moved])
-    return np.moveaxis(out, 0, cax)
+    return a_to_b

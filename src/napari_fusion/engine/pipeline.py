@@ -44,12 +44,20 @@ __all__ = [
     "enhance_steps",
     "enhance_arrays",
     "prepare_pair",
+    "unit_pair",
+    "unit_luma",
+    "MomentMatch",
     "finish",
     "resolve_runner",
     "input_intensity_of",
     "run_steps",
     "run_unit_steps",
     "fuse_unit",
+    "drain",
+    "halo_of",
+    "align_of",
+    "preferred_tile_of",
+    "segments_of",
     "AUTO_TILE_PIXELS",
     "AUTO_TILE",
     "PREFERRED_TILE_FACTOR",
@@ -90,6 +98,15 @@ class PreparedPair:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.a.shape)
+
+    def crop(self, ys: slice, xs: slice) -> "PreparedPair":
+        """The same pair on a window of a 2-D grid (what :func:`finish` needs for one tile)."""
+        win = (ys, xs)
+        return PreparedPair(
+            self.a[win], self.b[win], self.grid.crop((ys.start, xs.start), (ys.stop - ys.start, xs.stop - xs.start)),
+            self.intensity, None if self.chroma is None else self.chroma[win], self.chroma_from,
+            None if self.bands is None else self.bands[(slice(None),) + win], self.kind, self.notes,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,33 +300,71 @@ def prepare_pair(
     if b_on is not sb.data:
         notes.append(f"B resampled from {shape_str(sb.spatial)} onto A's grid {shape_str(sa.spatial)}")
 
-    ua, _ = color.to_unit(sa.data, ia, "source A")
-    ub, _ = color.to_unit(b_on, ib, "source B")
-    chroma = chroma_from = None
-    if sa.rgb:
-        ycc = color.rgb_to_ycbcr(ua)
-        ua, chroma, chroma_from = ycc[..., 0], ycc[..., 1:], "A"
-    if sb.rgb:
-        ycc = color.rgb_to_ycbcr(ub)
-        ub = ycc[..., 0]
-        if chroma is None:
-            chroma, chroma_from = ycc[..., 1:], "B"
+    prepared = unit_pair(sa.data, b_on, ia, ib, grid=ga, rgb_a=sa.rgb, rgb_b=sb.rgb, bands_b=sb.channel_axis is not None)
+    if prepared.bands is not None:
+        notes.append(f"multi-band B: {prepared.bands.shape[0]} bands; PAN fused with the MS intensity, bands scaled by F/I")
+    prepared.notes[:0] = notes
+    return prepared
+
+
+@dataclass(frozen=True)
+class MomentMatch:
+    """``x -> (x - mean) * gain + target``, clipped to [0, 1]: the PAN's mean and spread matched to
+    the MS intensity (component-substitution pansharpening). Fitted on the whole pair in memory,
+    on samples of the scene by the tiled disk-to-disk path (:mod:`.tiled`); applied alike."""
+
+    mean: float
+    gain: float
+    target: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray, ref: np.ndarray) -> "MomentMatch":
+        sx, sr = float(np.std(x)), float(np.std(ref))
+        return cls(float(np.mean(x)), sr / sx if sx > 1e-8 else 1.0, float(np.mean(ref)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.clip((x - self.mean) * self.gain + self.target, 0.0, 1.0).astype(np.float32)
+
+
+def unit_luma(x: np.ndarray, inten: Intensity, rgb: bool, name: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored values -> unit intensity; of a colour source its luma Y, with its CbCr (BT.601)."""
+    u, _ = color.to_unit(x, inten, name)
+    if not rgb:
+        return u, None
+    ycc = color.rgb_to_ycbcr(u)
+    return ycc[..., 0], ycc[..., 1:]
+
+
+def unit_pair(
+    a: np.ndarray,
+    b_on: np.ndarray,
+    ia: Intensity,
+    ib: Intensity,
+    *,
+    grid: Grid,
+    rgb_a: bool = False,
+    rgb_b: bool = False,
+    bands_b: bool = False,
+    match: MomentMatch | None = None,
+) -> PreparedPair:
+    """A and B already on one grid (``grid``; B bands-first when ``bands_b``) -> the unit
+    single-channel images a runner sees, with what :func:`finish` needs to map a result back.
+
+    ``ia`` / ``ib``: each source's intensity mapping (:func:`color.intensity_of` of the whole
+    source). ``match``: the PAN-to-MS moment match, fitted on this pair when None. The tiled
+    disk-to-disk path calls this per tile with mappings and a match taken from the whole scene.
+    """
+    ua, chroma_a = unit_luma(a, ia, rgb_a, "source A")
+    ub, chroma_b = unit_luma(b_on, ib, rgb_b, "source B")
+    chroma, chroma_from = (chroma_a, "A") if chroma_a is not None else (chroma_b, "B" if chroma_b is not None else None)
     ua = np.ascontiguousarray(ua, dtype=np.float32)
-    if sb.channel_axis is not None:  # pan / multispectral
+    if bands_b:  # pan / multispectral
         bands = np.ascontiguousarray(ub, dtype=np.float32)
         inten = bands.mean(axis=0)
-        pan = _match_moments(ua, inten)
-        notes.append(f"multi-band B: {bands.shape[0]} bands; PAN fused with the MS intensity, bands scaled by F/I")
-        return PreparedPair(pan, inten, ga, ib, chroma, chroma_from, bands, "multiband", notes)
-    kind = "volume" if len(sa.spatial) == 3 else "image"
-    return PreparedPair(ua, np.ascontiguousarray(ub, dtype=np.float32), ga, ia, chroma, chroma_from, None, kind, notes)
-
-
-def _match_moments(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """``x`` with the mean and standard deviation of ``ref`` (clipped to [0, 1])."""
-    sx, sr = float(x.std()), float(ref.std())
-    y = (x - float(x.mean())) * (sr / sx if sx > 1e-8 else 1.0) + float(ref.mean())
-    return np.clip(y, 0.0, 1.0).astype(np.float32)
+        pan = (match or MomentMatch.fit(ua, inten))(ua)
+        return PreparedPair(pan, inten, grid, ib, chroma, chroma_from, bands, "multiband", [])
+    kind = "volume" if ua.ndim == 3 else "image"
+    return PreparedPair(ua, np.ascontiguousarray(ub, dtype=np.float32), grid, ia, chroma, chroma_from, None, kind, [])
 
 
 def finish(fused_unit: np.ndarray, prepared: PreparedPair) -> np.ndarray:
@@ -368,7 +423,8 @@ def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Any, str, 
     raise TypeError(f"method must be a registered name, a Method, a runner or a function, not {type(method).__name__}")
 
 
-def _segments(runner: Any, m: Any) -> bool:
+def segments_of(runner: Any, m: Any) -> bool:
+    """Whether a runner (of Method ``m``, or None) gives labels."""
     if m is not None and getattr(m, "segments", False):
         return True
     can = hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")
@@ -384,14 +440,16 @@ def _classes(runner: Any, m: Any) -> tuple | None:
     return None
 
 
-def _halo(runner: Any, m: Any) -> int:
+def halo_of(runner: Any, m: Any) -> int:
+    """The context (pixels) a runner needs around a tile: its ``halo``, else the Method's, else 32."""
     h = getattr(runner, "halo", None)
     if h is None and m is not None:
         h = m.halo
     return int(h) if h is not None else 32
 
 
-def _align(runner: Any) -> int:
+def align_of(runner: Any) -> int:
+    """The multiple every runner call is padded to: 32 and the runner's ``pad_multiple``."""
     pm = int(getattr(runner, "pad_multiple", 1) or 1)
     return pm * 32 // math.gcd(pm, 32)
 
@@ -409,7 +467,7 @@ def _tile_fn(runner: Any, labels: bool) -> Callable:
     return both
 
 
-def _preferred_tile(runner: Any) -> int | None:
+def preferred_tile_of(runner: Any) -> int | None:
     """The runner's own tile side on its current device (``preferred_tile``), or None."""
     t = getattr(runner, "preferred_tile", None)
     return int(t) if t else None
@@ -481,9 +539,9 @@ def run_unit_steps(
     if a.shape != b.shape:
         raise ValueError(f"unit images must have one shape: A is {a.shape}, B is {b.shape}")
     fn = _tile_fn(runner, labels)
-    halo = _halo(runner, None) if halo is None else int(halo)
-    align = _align(runner)
-    pref = _preferred_tile(runner)
+    halo = halo_of(runner, None) if halo is None else int(halo)
+    align = align_of(runner)
+    pref = preferred_tile_of(runner)
     if volume:
         t = _pick_tile(a.shape[1:], tile, pref)
         ov = _tile_overlap(runner, tile, t, overlap)
@@ -510,7 +568,7 @@ def fuse_unit(runner: Any, a: np.ndarray, b: np.ndarray, *, tile: Any = None, ov
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"fuse_unit takes 2-D images, got shape {a.shape}")
-    fused, _ = _drain(run_unit_steps(runner, a, b, tile=tile, overlap=overlap), None)
+    fused, _ = drain(run_unit_steps(runner, a, b, tile=tile, overlap=overlap), None)
     return fused
 
 
@@ -544,10 +602,10 @@ def fuse_steps(
     runner, name, m = resolve_runner(method, device)
     prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b,
                             input_intensity=input_intensity_of(runner), names=names)
-    want = bool(segment) or _segments(runner, m)
+    want = bool(segment) or segments_of(runner, m)
     if want and not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")):
         _refuse_non_segmenting(name)
-    halo = _halo(runner, m)
+    halo = halo_of(runner, m)
     fused_u, labels = yield from run_steps(runner, prepared, labels=want, tile=tile, overlap=overlap, halo=halo)
     out = finish(fused_u, prepared)
     return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None)
@@ -596,18 +654,19 @@ def segment_steps(
     ``a`` is taken as an image that is already fused and only segmented (``result.fused`` is A).
     """
     runner, name, m = resolve_runner(method, device)
-    if not _segments(runner, m):
+    if not segments_of(runner, m):
         _refuse_non_segmenting(name)
     if b is not None:
         return (yield from fuse_steps(a, b, runner if m is None else m, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b,
                                       device=device, tile=tile, overlap=overlap, segment=True, channel_axis_b=channel_axis_b))
     prepared = prepare_pair(a, a, grid_a=grid_a, grid_b=grid_a, rgb_a=rgb_a, rgb_b=rgb_a, input_intensity=input_intensity_of(runner))
-    one = _SegmentOnly(runner, name, _halo(runner, m))
+    one = _SegmentOnly(runner, name, halo_of(runner, m))
     fused_u, labels = yield from run_steps(one, prepared, labels=True, tile=tile, overlap=overlap, halo=one.halo)
     return FusionResult(finish(fused_u, prepared), labels, prepared.grid, name, _classes(runner, m))
 
 
-def _drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
+def drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
+    """Run a step generator to the end, calling ``progress(Progress)`` on each step; its return value."""
     while True:
         try:
             p = next(gen)
@@ -619,7 +678,7 @@ def _drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], A
 
 def fuse_arrays(a: Any, b: Any, method: Any = None, *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:
     """:func:`fuse_steps` run to the end; ``progress(Progress)`` is called along the way."""
-    return _drain(fuse_steps(a, b, method, **kw), progress)
+    return drain(fuse_steps(a, b, method, **kw), progress)
 
 
 class _EnhanceRunner:
@@ -679,4 +738,8 @@ class _NamedRunner:
 
 def enhance_arrays(image: Any, method: Any = "gifnet", *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:
     """:func:`enhance_steps` run to the end."""
-    return _drain(enhance_steps(image, method, **kw), progress)
+    return drain(enhance_steps(image, method, **kw), progress)
+
+
+# the earlier private names, still imported by api.py and tests
+_drain, _halo, _align, _preferred_tile, _segments = drain, halo_of, align_of, preferred_tile_of, segments_of
