@@ -724,6 +724,7 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
         grad_weight=args.grad_weight, meta_every=args.meta_every if labelled else 0,
         meta_start=args.meta_start, amp=args.amp, class_weights=cw, intensity=args.intensity,
         meta_mode=args.meta_mode, image_step=args.image_step, seg_repeats=args.seg_repeats,
+        train_fusion=not args.freeze_fusion,
     )
     record: dict[str, Any] = {
         "command": "python -m napari_fusion.training.tdfusion " + " ".join(shlex.quote(x) for x in args.argv),
@@ -861,6 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FusionNet arguments for a new model, KEY=VALUE,... ('' = the older full-resolution net)")
     ap.add_argument("--loss-config", default="",
                     help="LossNet arguments for a new model, KEY=VALUE,... ('' = dim 16, 1 + 3 blocks)")
+    ap.add_argument("--freeze-fusion", action="store_true",
+                    help="train only the task network (e.g. a last phase on the final fused images; use with --meta-every 0)")
     ap.add_argument("--no-labels", dest="labels", action="store_false",
                     help="ivif: ignore the MSRS boxes (fusion loss only, loss module neutral)")
     ap.add_argument("--eval-slices", type=int, default=24, help="full training slices for the final Dice report (brats)")
