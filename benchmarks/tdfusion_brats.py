@@ -3,13 +3,13 @@
 For a fair comparison the SAME segmenter architecture (methods/segmenter.py) is trained with the SAME
 budget (steps, crops, batch, seed, class weights) on each input:
 
-- ``tdfusion``: slices fused by the shipped ``tdfusion-brats`` fusion net,
-- ``flair`` alone, ``t1c`` alone,
+- ``tdfusion``: slices fused by the shipped ``tdfusion-brats`` model through ``napari_fusion.fuse``
+  on the cases' NIfTI files (``_brats.run_split``: whole volumes, the model's input mapping),
+- ``flair`` alone, ``t1c`` alone (as that call mapped them),
 - ``average``: the mean of FLAIR and T1c,
 
 on the BraTS train + validation cases, and measured on the 2 test cases (pooled confusion over all
-kept test slices). The shipped model's own jointly-trained segmenter on its fused slices is reported
-too. Also: ms per 480x640 pair for the fusion net on this machine.
+kept test slices). The shipped model's own labels from the same ``fuse`` call are reported too. Also: ms per 480x640 pair for the fusion net on this machine.
 
     python benchmarks/tdfusion_brats.py --steps 300 --device cpu
     python benchmarks/tdfusion_brats.py --threads 1 --steps 400 --stride 3 --train-stride 2 \
@@ -35,24 +35,12 @@ from napari_fusion.methods import registry
 from napari_fusion.methods._torch import resolve_torch_device
 from napari_fusion.methods.segmenter import Segmenter
 from napari_fusion.metrics import confusion_matrix, per_class_scores
-from napari_fusion.training.data import BRATS_CLASSES, load_brats_split
+from napari_fusion.training.data import BRATS_CLASSES
 from napari_fusion.training.losses import class_weights_from_counts
 from napari_fusion.training.tdfusion import BratsSampler, segmenter_step
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [c[1] for c in BRATS_CLASSES]
-
-
-@torch.no_grad()
-def fuse_slices(runner, a: np.ndarray, b: np.ndarray, device: torch.device, chunk: int = 8) -> np.ndarray:
-    """Fused unit slices (N, H, W) by the runner's fusion net, in batches on ``device``."""
-    net = runner.fusion.to(device).eval()
-    out = np.empty(a.shape, np.float32)
-    for i in range(0, len(a), chunk):
-        ta = torch.from_numpy(a[i : i + chunk, None]).to(device)
-        tb = torch.from_numpy(b[i : i + chunk, None]).to(device)
-        out[i : i + chunk] = net(ta, tb)[:, 0].clamp(0, 1).cpu().numpy()
-    return out
 
 
 def train_segmenter(images: np.ndarray, labels: np.ndarray, steps: int, crop: int, batch: int, seed: int, device) -> Segmenter:
@@ -85,21 +73,30 @@ def _file_sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else "none"
 
 
-def fused_slices_cached(runner, weights_path, train, test, strides, device, cache: str | None):
-    """(fused train, fused test); read from / written to the ``cache`` npz when given and matching."""
-    key = f"{_file_sha(weights_path)}-{strides[0]}-{strides[1]}-{len(train['a'])}-{len(test['a'])}"
+def api_slices(method, weights_path, strides, device: str, cache: str | None) -> tuple[dict, dict]:
+    """Train (train + validation cases) and test slices through the public API: each case's NIfTI
+    volumes fused whole by ``napari_fusion.fuse(flair, t1c, method, full=True)`` (``_brats.run_split``),
+    FLAIR/T1c/fused as the method saw them (unit, its input mapping), ground truth, the model's own
+    labels; every ``strides[0]``-th training slice and ``strides[1]``-th test slice. Cached in ``cache``
+    (keyed by the model file's hash and the strides)."""
+    from _brats import run_split
+
+    key = f"api-{_file_sha(weights_path)}-{strides[0]}-{strides[1]}"
     if cache and Path(cache).is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 print(f"fused slices from {cache}", flush=True)
-                return z["train"], z["test"]
+                return ({k[3:]: z[k] for k in z.files if k.startswith("tr_")}, {k[3:]: z[k] for k in z.files if k.startswith("te_")})
     t = time.time()
-    fused_train = fuse_slices(runner, train["a"], train["b"], device)
-    fused_test = fuse_slices(runner, test["a"], test["b"], device)
-    print(f"fused {len(train['a']) + len(test['a'])} slices in {time.time() - t:.0f} s", flush=True)
+    parts = [run_split(method, device, split=sp) for sp in ("train", "validation")]
+    keys = {"a": "a", "b": "b", "fused": "fused", "truth": "labels", "labels": "model_labels"}  # CaseResult -> ours
+    tr = {ours: np.concatenate([getattr(p, k) for p in parts])[:: strides[0]] for k, ours in keys.items()}
+    res = run_split(method, device, split="test")
+    te = {ours: getattr(res, k)[:: strides[1]] for k, ours in keys.items()}
+    print(f"fused {len(tr['a']) + len(te['a'])} kept slices through napari_fusion.fuse in {time.time() - t:.0f} s", flush=True)
     if cache:
-        np.savez(cache, key=np.array(key), train=fused_train, test=fused_test)
-    return fused_train, fused_test
+        np.savez(cache, key=np.array(key), **{f"tr_{k}": v for k, v in tr.items()}, **{f"te_{k}": v for k, v in te.items()})
+    return tr, te
 
 
 def verdict(rows: dict[str, dict[str, float]]) -> list[str]:
@@ -170,19 +167,14 @@ def main(argv=None) -> dict:
     t_all = time.time()
 
     runner = registry.build_runner("tdfusion-brats", device="cpu", weights=args.weights, cache=False)
-    tr, va, te = load_brats_split("train"), load_brats_split("validation"), load_brats_split("test")
-    train = {k: np.concatenate([tr[k], va[k]])[:: args.train_stride] for k in ("a", "b", "labels")}
-    test = {k: te[k][:: args.stride] for k in ("a", "b", "labels")}
-    n_train_all = len(tr["a"]) + len(va["a"])
-    print(f"train slices {len(train['a'])} of {n_train_all} (every {args.train_stride}th), "
-          f"test slices {len(test['a'])} (every {args.stride}th)", flush=True)
-
     from napari_fusion.methods.registry import get_method
 
     weights_path = args.weights or get_method("tdfusion-brats").weights_path
-    fused_train, fused_test = fused_slices_cached(
-        runner, weights_path, train, test, (args.train_stride, args.stride), device, args.fused_cache
-    )
+    method = runner if args.weights else "tdfusion-brats"
+    train, test = api_slices(method, weights_path, (args.train_stride, args.stride), "cpu", args.fused_cache)
+    train["labels"], test["labels"] = train["labels"].astype(np.int64), test["labels"].astype(np.int64)
+    fused_train, fused_test = train["fused"], test["fused"]
+    print(f"train slices {len(train['a'])} (every {args.train_stride}th), test slices {len(test['a'])} (every {args.stride}th)", flush=True)
     inputs = {
         "tdfusion": (fused_train, fused_test),
         "flair": (train["a"], test["a"]),
@@ -203,8 +195,7 @@ def main(argv=None) -> dict:
             k: float(np.nanmean([r[k] for r in per_seed[name]])) for k in per_seed[name][0]
         }
     runner.to(device)
-    shipped_pred = predict(runner.segmenter, fused_test, device)
-    rows["tdfusion-brats shipped (joint segmenter)"] = scores(shipped_pred, test["labels"])
+    rows["tdfusion-brats shipped, through napari_fusion.fuse"] = scores(test["model_labels"], test["labels"])
     ms_cpu = fusion_ms(runner, torch.device("cpu"))
     ms_dev = fusion_ms(runner, device) if device.type != "cpu" else None
 
@@ -239,9 +230,12 @@ def main(argv=None) -> dict:
             "",
             "Generated by `python " + " ".join(["benchmarks/tdfusion_brats.py", *(argv if argv is not None else sys.argv[1:])]) + "`.",
             "",
+            "Every input comes through the public API: each case's FLAIR and T1c NIfTI files fused whole by "
+            "`napari_fusion.fuse(flair, t1c, 'tdfusion-brats', full=True)` (FLAIR, T1c and the fused image as the model "
+            "saw them: its input mapping, unit range); the last row is that call's own labels. "
             f"Test data: the 2 BraTS 2015 test cases (DeepMedic split), every {args.stride}th axial slice with brain "
             f"({len(test['a'])} slices, 240x240), pooled over all slices. Training data: train + validation cases, "
-            f"every {args.train_stride}th slice ({len(train['a'])} of {n_train_all} slices). Each row except the last trains the same U-Net segmenter "
+            f"every {args.train_stride}th kept slice ({len(train['a'])} slices). Each row except the last trains the same U-Net segmenter "
             f"({sum(p.numel() for p in Segmenter(5).parameters())} parameters) for {args.steps} steps of "
             f"{args.batch} crops of {args.crop} px, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
             f"(the same crops and class weights for every input in one seed), on its input.",
