@@ -146,7 +146,8 @@ class ThresholdSegmenter:
 
 def test_each_job_owns_its_result_layers_named_after_its_inputs(make_napari_viewer, sample_layers):
     from napari_fusion import api, naming
-    from napari_fusion.widgets._common import ModelEntry, labels_layer_name, shelf_for
+    from napari_fusion.widgets.models import ModelEntry, shelf_for
+    from napari_fusion.widgets.results import labels_layer_name
 
     viewer = make_napari_viewer()
     ir, vi = sample_layers(viewer, "ivif")
@@ -304,7 +305,8 @@ class SlowOnePass:
 
 def test_single_pass_progress_is_busy_with_its_stage(make_napari_viewer, sample_layers):
     from napari_fusion.engine.pipeline import Progress
-    from napari_fusion.widgets._common import ModelEntry, ProgressBar, shelf_for
+    from napari_fusion.widgets.models import ModelEntry, shelf_for
+    from napari_fusion.widgets.progress import ProgressBar
 
     bar = ProgressBar()
     bar.show_progress(Progress(0, 1, "fuse"))

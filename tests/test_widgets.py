@@ -100,7 +100,7 @@ def _one_torch_thread():
 
 
 def _shelve(viewer, label: str, runner, base=None):
-    from napari_fusion.widgets._common import ModelEntry, shelf_for
+    from napari_fusion.widgets.models import ModelEntry, shelf_for
 
     return shelf_for(viewer).add(ModelEntry(label=label, runner=runner, base=base, info=f"test model {label}"))
 
@@ -213,6 +213,74 @@ def test_cancel_stops_the_worker_and_leaves_layers(ivif, qtbot):
     assert w.fuse_button.isEnabled() and not w.cancel_button.isEnabled()
 
 
+def test_device_picker_offers_the_engines_devices_and_the_choice_reaches_the_core(ivif, qtbot, monkeypatch, notifications):
+    """Every widget's Device combo lists engine.device.available_devices() (so a second GPU can be
+    chosen), and the device chosen is what the core's step generator is called with."""
+    import napari_fusion.engine.device as engine_device
+    import napari_fusion.engine.pipeline as pipeline
+
+    monkeypatch.setattr(engine_device, "available_devices", lambda: ["cpu", "cuda:0", "cuda:1"])
+    viewer, ir, vi = ivif
+    _shelve(viewer, "threshold", ThresholdSegmenter())
+    fusion = viewer.window.add_plugin_dock_widget(PLUGIN, "Fusion")[1]
+    segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1]
+    finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")[1]
+    for w in (fusion, segment, finetune):
+        assert w.device.devices() == ["cpu", "cuda:0", "cuda:1"]
+        assert [w.device.itemText(i) for i in range(w.device.count())] == ["auto", "CPU", "cuda:0", "cuda:1"]
+        assert w.device.device() == "auto"
+        assert w.device.set_device("cuda:1") and w.device.device() == "cuda:1"
+        assert not w.device.set_device("mps")
+
+    seen = []
+    real_fuse, real_segment = pipeline.fuse_steps, pipeline.segment_steps
+
+    def fuse_steps(a, b, method, **kw):  # records the device, then runs on the CPU this machine has
+        seen.append(("fuse", kw["device"]))
+        return (yield from real_fuse(a, b, method, **{**kw, "device": "cpu"}))
+
+    def segment_steps(a, b, method, **kw):
+        seen.append(("segment", kw["device"]))
+        return (yield from real_segment(a, b, method, **{**kw, "device": "cpu"}))
+
+    monkeypatch.setattr(pipeline, "fuse_steps", fuse_steps)
+    monkeypatch.setattr(pipeline, "segment_steps", segment_steps)
+    assert fusion.method.select("average")
+    fusion.fuse()
+    _wait_done(qtbot, fusion)
+    assert segment.method.select("threshold")
+    segment.segment()
+    _wait_done(qtbot, segment)
+    assert finetune.model.select("threshold")
+    finetune.apply()
+    _wait_done(qtbot, finetune)
+    # (the engine's own inner calls, made with the "cpu" substituted above, are left out)
+    assert [x for x in seen if x[1] != "cpu"] == [("fuse", "cuda:1"), ("segment", "cuda:1"), ("fuse", "cuda:1")]
+    assert notifications.errors == []
+    assert {"average (ir + vi)", "threshold labels (ir + vi)", "threshold (ir + vi)"} <= {x.name for x in viewer.layers}
+
+    # Fine-tune resolves the chosen device in its job: a device that is not there fails the job with
+    # a notification naming the inputs and the problem, and changes no layer
+    asked = []
+
+    def resolve_device(pref="auto"):
+        asked.append(pref)
+        raise RuntimeError(f"device {pref!r} was requested but this machine has no CUDA device")
+
+    monkeypatch.setattr(engine_device, "resolve_device", resolve_device)
+    strokes = finetune.new_strokes_layer()
+    strokes.data[10:20, 10:60] = 1
+    strokes.data[200:210, 10:60] = 2
+    names = [x.name for x in viewer.layers]
+    finetune.steps.setValue(0)
+    finetune.finetune()
+    _wait_done(qtbot, finetune)
+    assert asked == ["cuda:1"]
+    assert [x.name for x in viewer.layers] == names
+    assert finetune.progress.format() == "failed"
+    assert "'ir' + 'vi' failed" in notifications.errors[-1] and "'cuda:1'" in notifications.errors[-1]
+
+
 def test_mismatched_pair_notifies_and_leaves_layers_untouched(make_napari_viewer, qtbot, notifications):
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
@@ -232,6 +300,30 @@ def test_mismatched_pair_notifies_and_leaves_layers_untouched(make_napari_viewer
     msg = notifications.errors[0]
     assert "301x471" in msg and "480x640" in msg and "no known resolution ratio" in msg
     assert w.progress.format() == "failed"
+
+
+class OutOfMemoryRunner:
+    """Fails as a GPU that runs out of memory does (torch raises a RuntimeError)."""
+
+    name = "oom"
+
+    def fuse(self, a, b):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_runtime_error_in_the_worker_fails_the_job_instead_of_hanging(ivif, qtbot, notifications):
+    """superqt's worker takes a RuntimeError from the generator for a deleted worker and never says
+    the job finished: the job base carries it through, so the widget reports it and is usable again."""
+    viewer, ir, vi = ivif
+    _shelve(viewer, "oom", OutOfMemoryRunner())
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Fusion")
+    assert w.method.select("oom")
+    names = [x.name for x in viewer.layers]
+    w.fuse()
+    _wait_done(qtbot, w)
+    assert [x.name for x in viewer.layers] == names
+    assert w.progress.format() == "failed" and w.fuse_button.isEnabled() and not w.cancel_button.isEnabled()
+    assert notifications.errors[-1] == "Fusion of 'ir' and 'vi' with oom failed: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 def test_source_b_offers_compatible_layers_and_follows_the_layer_list(make_napari_viewer):
@@ -298,7 +390,7 @@ def test_pan_ms_band_layers_fuse_as_one_multiband_source(make_napari_viewer, qtb
         np.testing.assert_allclose(band_out.scale, pan.scale)
         assert band_out.colormap.name == band_in.colormap.name
     ms = np.stack([x.data for x in bands])
-    from napari_fusion.widgets._common import grid_of
+    from napari_fusion.widgets.layers import grid_of
 
     ref = fuse_arrays(pan.data, ms, "average", grid_a=grid_of(pan), grid_b=grid_of(bands[0]), channel_axis_b=0).fused
     np.testing.assert_array_equal(np.stack([x.data for x in out]), ref)
@@ -307,7 +399,7 @@ def test_pan_ms_band_layers_fuse_as_one_multiband_source(make_napari_viewer, qtb
 def test_enhance_button_tracks_gifnet_availability(ivif, qtbot):
     viewer, ir, vi = ivif
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Fusion")
-    from napari_fusion.widgets._common import missing_weights
+    from napari_fusion.widgets.models import missing_weights
 
     try:
         usable = missing_weights(get_method("gifnet")) is None
@@ -442,7 +534,7 @@ def test_segment_with_the_shipped_multitaskvif_fills_both_layers(make_napari_vie
 
 
 def grid_of_layer(layer):
-    from napari_fusion.widgets._common import grid_of
+    from napari_fusion.widgets.layers import grid_of
 
     return grid_of(layer)
 
@@ -715,7 +807,7 @@ def test_reset_returns_to_the_shipped_model(ivif, qtbot):
 
 
 def test_grid_of_layer_matches_napari_transform(make_napari_viewer):
-    from napari_fusion.widgets._common import grid_of
+    from napari_fusion.widgets.layers import grid_of
 
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.zeros((10, 12), np.float32), scale=(2.0, 0.5), translate=(3.0, -1.0), rotate=30)
@@ -727,7 +819,7 @@ def test_grid_of_layer_matches_napari_transform(make_napari_viewer):
 
 def test_prepare_pair_units_used_by_evaluate_match_the_engine(ivif):
     """The Evaluate widget's unit sources are exactly what fusion saw (same preparation)."""
-    from napari_fusion.widgets._common import source_kwargs
+    from napari_fusion.widgets.layers import source_kwargs
 
     viewer, ir, vi = ivif
     prep = prepare_pair(ir.data, vi.data, **source_kwargs(ir, "a"), **source_kwargs(vi, "b"))

@@ -26,23 +26,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import (
-    same_layer,
-    META_KEY,
-    FollowDefaults,
-    LayerCombo,
-    ProgressBar,
-    Task,
-    default_pair,
-    error_text,
-    fused_sources,
-    layer_array,
-    notify_error,
-    notify_info,
-    source_kwargs,
-    spatial_ndim,
-    spatial_shape,
-)
+from .job import JobWidget, Task, error_text, notify_info
+from .layers import META_KEY, layer_array, source_kwargs, spatial_shape
+from .pickers import FollowDefaults, LayerCombo, default_pair, source_combos
+from .results import fused_sources
 
 __all__ = ["EvaluateWidget", "FUSION_METRICS", "evaluate_layers", "gather_inputs", "score"]
 
@@ -165,7 +152,7 @@ def evaluate_layers(fused, a, b, prediction=None, truth=None, ignore_unpainted: 
     return score(gather_inputs(fused, a, b, prediction, truth, ignore_unpainted))
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(JobWidget):
     """A table of fusion metrics (rows) for each evaluated fused layer (columns).
 
     Defaults (from the layer list, whether the dock or the data came first): **Fused** is the
@@ -176,19 +163,15 @@ class EvaluateWidget(QWidget):
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent, cancel=False, status=False)
         from napari.layers import Image, Labels
 
-        self.viewer = napari_viewer
-        self.task: Task | None = None
         self.results: dict[str, dict[str, float]] = {}  # column name -> metrics
         self.scored: dict[str, str] = {}  # column name -> what the segmentation scores counted
 
         self.fused = LayerCombo(napari_viewer, (Image,), optional=True)
         self.fused.setToolTip("the fused layer to score; its sources are picked from its metadata when known")
-        self.source_a = LayerCombo(napari_viewer, (Image,))
-        self.source_b = LayerCombo(napari_viewer, (Image,), predicate=self._b_compatible, groups=True)
-        self.source_a.currentIndexChanged.connect(lambda *_: self.source_b.refresh())
+        self.source_a, self.source_b = source_combos(napari_viewer, (Image,), groups=True)
         self.prediction = LayerCombo(napari_viewer, (Labels,), optional=True)
         self.truth = LayerCombo(napari_viewer, (Labels,), optional=True)
         self.prediction.setToolTip("predicted labels (e.g. from the Segment widget)")
@@ -204,11 +187,11 @@ class EvaluateWidget(QWidget):
         self.truth.currentIndexChanged.connect(self._follow_truth)
 
         self.evaluate_button = QPushButton("Evaluate")
+        self.run_buttons = [self.evaluate_button]
         self.copy_button = QPushButton("Copy")
         self.copy_button.setToolTip("copy the table to the clipboard (tab-separated, pastes into spreadsheets)")
         self.export_button = QPushButton("Export CSV…")
         self.clear_button = QPushButton("Clear")
-        self.progress = ProgressBar()
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         # columns keep a readable width and the table scrolls sideways inside the dock instead of
@@ -258,10 +241,6 @@ class EvaluateWidget(QWidget):
         self._follow_fused()
         self._follow_truth()
 
-    def _b_compatible(self, layer) -> bool:
-        a = self.source_a.layer() if hasattr(self, "source_a") else None
-        return a is None or (not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a))
-
     def _pick_defaults(self) -> None:
         """Fused = the top-most fused result layer; sources = the ones it records, else the likely
         pair. The user's choices are kept."""
@@ -304,10 +283,6 @@ class EvaluateWidget(QWidget):
             painted = False
         self.ignore_unpainted.setChecked(painted)
 
-    @property
-    def running(self) -> bool:
-        return self.task is not None and self.task.running
-
     # ---------------------------------------------------------------------------------------------
     def evaluate(self) -> Task | None:
         """Score the chosen fused layer in a worker and add/replace its column in the table."""
@@ -315,19 +290,16 @@ class EvaluateWidget(QWidget):
             return None
         fused, a, b = self.fused.layer(), self.source_a.layer(), self.source_b.layer()
         if fused is None or a is None or b is None:
-            notify_error("Evaluate needs a fused layer and its two sources A and B")
-            return None
+            return self.refuse("Evaluate needs a fused layer and its two sources A and B")
         pred, truth = self.prediction.layer(), self.truth.layer()
         if (pred is None) != (truth is None):
-            notify_error("Evaluate: segmentation metrics need both a prediction and a ground-truth Labels layer")
-            return None
+            return self.refuse("Evaluate: segmentation metrics need both a prediction and a ground-truth Labels layer")
         column = fused.name
         ignore = self.ignore_unpainted.isChecked()
         try:
             inputs = gather_inputs(fused, a, b, pred, truth, ignore_unpainted=ignore)
         except Exception as err:  # noqa: BLE001
-            notify_error(f"Evaluation of {fused.name!r}: {error_text(err)}")
-            return None
+            return self.refuse(f"Evaluation of {fused.name!r}: {error_text(err)}")
         scored = ""
         if truth is not None:
             gt = inputs["truth"]
@@ -341,29 +313,15 @@ class EvaluateWidget(QWidget):
             yield None  # one step: lets a Cancel before the metrics start take effect
             return score(inputs)
 
-        def returned(metrics):
+        def show(metrics):
             self.results[column] = metrics
             if scored:
                 self.scored[column] = scored
             else:
                 self.scored.pop(column, None)
             self._fill()
-            self.progress.done("done")
 
-        def errored(err):
-            self.progress.done("failed")
-            notify_error(f"Evaluation of {fused.name!r} failed: {error_text(err)}")
-
-        self.evaluate_button.setEnabled(False)
-        self.progress.busy(f"scoring {fused.name}")
-        self.task = Task(
-            job,
-            returned=returned,
-            errored=errored,
-            finished=lambda: self.evaluate_button.setEnabled(True),
-            parent=self,
-        )
-        return self.task.start()
+        return self.start_job(job, busy=f"scoring {fused.name}", on_result=show, what=f"Evaluation of {fused.name!r}")
 
     def clear(self) -> None:
         self.results.clear()
@@ -432,8 +390,7 @@ class EvaluateWidget(QWidget):
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Write the table to a CSV file (atomically); asks for a path when none is given."""
         if not self.results:
-            notify_error("nothing to export yet: evaluate a fused layer first")
-            return None
+            return self.refuse("nothing to export yet: evaluate a fused layer first")
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "fusion_metrics.csv", "CSV (*.csv)")
             if not path:
@@ -445,8 +402,7 @@ class EvaluateWidget(QWidget):
         try:
             out = write_atomic(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
         except OSError as err:
-            notify_error(f"could not write {path}: {err}")
-            return None
+            return self.refuse(f"could not write {path}: {err}")
         notify_info(f"metrics written to {out}")
         return out
 

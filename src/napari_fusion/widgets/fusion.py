@@ -2,44 +2,22 @@
 the sources (2-D images, colour images, multi-band, and whole volumes slice by slice)."""
 from __future__ import annotations
 
-from typing import Any
-
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..naming import enhanced_name
-from ._common import (
-    same_layer,
-    META_KEY,
-    BandGroup,
-    DeviceCombo,
-    LayerCombo,
-    MethodCombo,
-    ProgressBar,
-    Task,
-    TileSpinBox,
-    classes_of,
-    error_text,
-    fused_layer_name,
-    grid_of,
-    labels_layer_name,
-    layer_array,
-    notify_error,
-    missing_weights,
-    pick_default_pair,
-    place_bands,
-    place_image,
-    place_labels,
-    result_kind,
-    source_kwargs,
-    spatial_ndim,
-)
+from .job import JobWidget, Task, error_text
+from .layers import META_KEY, BandGroup, grid_of, layer_array, same_layer, source_kwargs
+from .models import MethodCombo, method_segments, missing_weights
+from .options import DeviceCombo, TileSpinBox
+from .pickers import pick_default_pair, source_combos
+from .results import classes_of, fused_layer_name, labels_layer_name, place_bands, place_image, place_labels, result_kind
 
 __all__ = ["FusionWidget", "ENHANCE_METHOD"]
 
 ENHANCE_METHOD = "gifnet"  # single-image enhancement: the one method trained for it
 
 
-class FusionWidget(QWidget):
+class FusionWidget(JobWidget):
     """Fuse source B into source A's grid with a registered method (or a tuned/loaded model).
 
     The result is an Image layer ``"{method} ({A} + {B})"`` with A's scale/translate/affine; a
@@ -50,18 +28,14 @@ class FusionWidget(QWidget):
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent)
         from napari.layers import Image
 
-        self.viewer = napari_viewer
-        self.task: Task | None = None
         self.last_result = None  # the FusionResult of the last run (for scripts and tests)
 
-        self.source_a = LayerCombo(napari_viewer, (Image,))
-        self.source_b = LayerCombo(napari_viewer, (Image,), predicate=self._b_compatible, groups=True)
+        self.source_a, self.source_b = source_combos(napari_viewer, (Image,), groups=True)
         self.source_a.setToolTip("reference source: the result lies on its grid and in its intensity range")
         self.source_b.setToolTip("second source, resampled onto A's grid when their resolutions differ")
-        self.source_a.currentIndexChanged.connect(lambda *_: self.source_b.refresh())
         self.method = MethodCombo(napari_viewer)
         self.device = DeviceCombo()
         self.tile = TileSpinBox()
@@ -74,11 +48,7 @@ class FusionWidget(QWidget):
         self.fuse_button.setToolTip("fuse B into A's grid with the chosen method")
         self.enhance_button = QPushButton(f"Enhance A ({ENHANCE_METHOD})")
         self.enhance_button.setToolTip("single-image enhancement of source A with GIFNet")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.run_buttons = [self.fuse_button, self.enhance_button]
 
         form = QFormLayout()
         form.addRow("Source A", self.source_a)
@@ -99,17 +69,10 @@ class FusionWidget(QWidget):
 
         self.fuse_button.clicked.connect(self.fuse)
         self.enhance_button.clicked.connect(self.enhance)
-        self.cancel_button.clicked.connect(self.cancel)
         self._check_enhance()
         pick_default_pair(self.source_a, self.source_b)
 
     # ---------------------------------------------------------------------------------------------
-    def _b_compatible(self, layer) -> bool:
-        a = self.source_a.layer() if hasattr(self, "source_a") else None
-        if a is None:
-            return True
-        return not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a)
-
     def _check_enhance(self) -> None:
         from ..methods.registry import get_method
 
@@ -123,16 +86,9 @@ class FusionWidget(QWidget):
             self.enhance_button.setEnabled(False)
             self.enhance_button.setToolTip(f"{ENHANCE_METHOD} weights are not installed ({missing.name})")
 
-    def _set_running(self, running: bool) -> None:
-        self.fuse_button.setEnabled(not running)
-        self.enhance_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if not running:
-            self._check_enhance()
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and self.task.running
+    def update_buttons(self, running: bool | None = None) -> None:
+        super().update_buttons(running)
+        self._check_enhance()  # Enhance stays off without GIFNet's weights
 
     # ---------------------------------------------------------------------------------------------
     def fuse(self) -> Task | None:
@@ -141,23 +97,19 @@ class FusionWidget(QWidget):
             return None
         a, b = self.source_a.layer(), self.source_b.layer()
         if a is None or b is None:
-            notify_error("Fusion needs two image layers: choose source A and source B")
-            return None
+            return self.refuse("Fusion needs two image layers: choose source A and source B")
         if same_layer(a, b):
-            notify_error(f"source A and source B are the same layer {a.name!r}; choose two different sources")
-            return None
+            return self.refuse(f"source A and source B are the same layer {a.name!r}; choose two different sources")
         label = self.method.label()
         if not label:
-            notify_error("no fusion method is available")
-            return None
+            return self.refuse("no fusion method is available")
         spec = self.method.method_spec()
-        segment = self._segments(spec)
+        segment = method_segments(spec)
         try:
             kw = {**source_kwargs(a, "a"), **source_kwargs(b, "b")}
             xa, xb = layer_array(a), layer_array(b)
         except Exception as err:  # noqa: BLE001
-            notify_error(f"Fusion of {a.name!r} and {b.name!r}: {error_text(err)}")
-            return None
+            return self.refuse(f"Fusion of {a.name!r} and {b.name!r}: {error_text(err)}")
         kw.update(device=self.device.device(), tile=self.tile.tile(), segment=segment)
 
         def job():
@@ -166,10 +118,10 @@ class FusionWidget(QWidget):
             return (yield from fuse_steps(xa, xb, spec, **kw))
 
         meta = {META_KEY: {"role": "fused", "method": label, "source_a": a.name, "source_b": b.name}}
-        return self._start(
+        return self.start_job(
             job,
-            f"fusing {a.name} + {b.name} with {label}",
-            lambda res: self._show_fused(res, a, fused_layer_name(label, a.name, b.name), label, meta, b),
+            busy=f"fusing {a.name} + {b.name} with {label}",
+            on_result=lambda res: self._show_fused(res, a, fused_layer_name(label, a.name, b.name), label, meta, b),
             what=f"Fusion of {a.name!r} and {b.name!r} with {label}",
         )
 
@@ -179,15 +131,13 @@ class FusionWidget(QWidget):
             return None
         a = self.source_a.layer()
         if a is None:
-            notify_error("Enhance needs an image layer: choose source A")
-            return None
+            return self.refuse("Enhance needs an image layer: choose source A")
         image = layer_array(a)
         kw = dict(device=self.device.device(), tile=self.tile.tile())
         try:
             kw.update(grid=grid_of(a), rgb=bool(getattr(a, "rgb", False)))
         except Exception as err:  # noqa: BLE001
-            notify_error(f"Enhancement of {a.name!r}: {error_text(err)}")
-            return None
+            return self.refuse(f"Enhancement of {a.name!r}: {error_text(err)}")
 
         def job():
             from ..engine.pipeline import enhance_steps
@@ -196,64 +146,14 @@ class FusionWidget(QWidget):
 
         name = enhanced_name(ENHANCE_METHOD, a.name)
         meta = {META_KEY: {"role": "enhanced", "method": ENHANCE_METHOD, "source_a": a.name}}
-        return self._start(
+        return self.start_job(
             job,
-            f"enhancing {a.name}",
-            lambda res: self._show_fused(res, a, name, ENHANCE_METHOD, meta),
+            busy=f"enhancing {a.name}",
+            on_result=lambda res: self._show_fused(res, a, name, ENHANCE_METHOD, meta),
             what=f"Enhancement of {a.name!r}",
         )
 
-    def cancel(self) -> None:
-        """Stop the running job between tiles/slices; layers stay as they were."""
-        if self.task is not None:
-            self.task.cancel()
-            self.progress.setFormat("cancelling ...")
-
     # ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def _segments(spec: Any) -> bool:
-        if isinstance(spec, str):
-            from ..methods.registry import get_method
-
-            try:
-                return get_method(spec).segments
-            except KeyError:
-                return False
-        return bool(classes_of(spec)) and (hasattr(spec, "segment") or hasattr(spec, "fuse_and_segment"))
-
-    def _start(self, job, busy_text: str, on_result, *, what: str) -> Task:
-        self._set_running(True)
-        self.progress.busy(busy_text)
-        self.status.setText("")
-
-        def returned(result):
-            try:
-                on_result(result)
-            except Exception as err:  # noqa: BLE001 - showing the result must not crash the viewer
-                errored(err)
-                return
-            self.progress.done("done")
-
-        def errored(err):
-            self.progress.done("failed")
-            self.status.setText(error_text(err))
-            notify_error(f"{what} failed: {error_text(err)}")
-
-        def aborted():
-            self.progress.done("cancelled")
-            self.status.setText("cancelled; layers unchanged")
-
-        self.task = Task(
-            job,
-            yielded=self.progress.show_progress,
-            returned=returned,
-            errored=errored,
-            aborted=aborted,
-            finished=lambda: self._set_running(False),
-            parent=self,
-        )
-        return self.task.start()
-
     def _show_fused(self, result, a, name: str, label: str, meta: dict, b=None) -> None:
         self.last_result = result
         fused = result.fused

@@ -7,29 +7,12 @@ import html
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..naming import boxes_name
-from ._common import (
-    same_layer,
-    META_KEY,
-    DeviceCombo,
-    LayerCombo,
-    MethodCombo,
-    ProgressBar,
-    Task,
-    classes_of,
-    error_text,
-    fused_layer_name,
-    labels_layer_name,
-    layer_array,
-    notify_error,
-    FollowDefaults,
-    default_pair,
-    is_result,
-    place_image,
-    place_labels,
-    result_kind,
-    source_kwargs,
-    spatial_ndim,
-)
+from .job import JobWidget, Task, error_text
+from .layers import META_KEY, layer_array, same_layer, source_kwargs
+from .models import MethodCombo
+from .options import DeviceCombo
+from .pickers import FollowDefaults, LayerCombo, default_pair, source_combos
+from .results import classes_of, fused_layer_name, is_result, labels_layer_name, place_image, place_labels, result_kind
 
 __all__ = ["SegmentWidget", "legend_html"]
 
@@ -43,7 +26,7 @@ def legend_html(classes) -> str:
     return "<br>".join(rows)
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(JobWidget):
     """Segment an image (or a pair of sources) into ``"{method} labels ({A} + {B})"`` (or
     ``"{method} labels ({image})"``; :mod:`napari_fusion.naming`).
 
@@ -57,19 +40,15 @@ class SegmentWidget(QWidget):
     """
 
     def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(napari_viewer, parent)
         from napari.layers import Image
 
-        self.viewer = napari_viewer
-        self.task: Task | None = None
         self.last_result = None
 
         self.image = LayerCombo(napari_viewer, (Image,), optional=True)
         self.image.setToolTip("image to segment alone (used when no sources are chosen)")
-        self.source_a = LayerCombo(napari_viewer, (Image,), optional=True)
-        self.source_b = LayerCombo(napari_viewer, (Image,), optional=True, predicate=self._b_compatible)
+        self.source_a, self.source_b = source_combos(napari_viewer, (Image,), optional=True)
         self.source_a.setToolTip("with source B: fuse and segment the pair in one run")
-        self.source_a.currentIndexChanged.connect(lambda *_: self.source_b.refresh())
         self.method = MethodCombo(
             napari_viewer,
             method_filter=lambda m: m.segments,
@@ -79,13 +58,9 @@ class SegmentWidget(QWidget):
         self.boxes = QCheckBox("Boxes")
         self.boxes.setToolTip("also show each object (a connected region of one class) as a box: a Shapes layer next to the labels")
         self.segment_button = QPushButton("Segment")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = ProgressBar()
+        self.run_buttons = [self.segment_button]
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Source A", self.source_a)
@@ -106,19 +81,15 @@ class SegmentWidget(QWidget):
         lay.addStretch(1)
 
         self.segment_button.clicked.connect(self.segment)
-        self.cancel_button.clicked.connect(self.cancel)
         self.method.changed.connect(self._show_legend)
+        self.method.changed.connect(lambda: self.update_buttons())
         self._show_legend()
         self._defaults = FollowDefaults(napari_viewer, self._pick_defaults, self)
         for combo in (self.source_a, self.source_b, self.image):  # a choice of one settles the others
             combo.currentIndexChanged.connect(self._defaults.apply)
+        self.update_buttons()
         if not self.method.label():
-            self.segment_button.setEnabled(False)
             self.status.setText("no segmenting method is installed")
-
-    def _b_compatible(self, layer) -> bool:
-        a = self.source_a.layer() if hasattr(self, "source_a") else None
-        return a is None or (not same_layer(layer, a) and spatial_ndim(layer) == spatial_ndim(a))
 
     def _pick_defaults(self) -> None:
         """Sources A and B = the likely pair (:func:`default_pair`); with no pair, the bottom-most
@@ -158,18 +129,8 @@ class SegmentWidget(QWidget):
             classes = ()
         self.legend.setText(legend_html(classes) if classes else "")
 
-    @property
-    def running(self) -> bool:
-        return self.task is not None and self.task.running
-
-    def _set_running(self, running: bool) -> None:
-        self.segment_button.setEnabled(not running and bool(self.method.label()))
-        self.cancel_button.setEnabled(running)
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            self.progress.setFormat("cancelling ...")
+    def can_run(self) -> bool:
+        return bool(self.method.label())
 
     def segment(self) -> Task | None:
         """Start segmenting; returns the job (None when the input was refused)."""
@@ -177,27 +138,22 @@ class SegmentWidget(QWidget):
             return None
         label = self.method.label()
         if not label:
-            notify_error("no segmenting method is available")
-            return None
+            return self.refuse("no segmenting method is available")
         a, b, image = self.source_a.layer(), self.source_b.layer(), self.image.layer()
         if (a is None) != (b is None):
-            notify_error("Segment: choose both source A and source B, or neither (to segment one image)")
-            return None
+            return self.refuse("Segment: choose both source A and source B, or neither (to segment one image)")
         if same_layer(a, b):
-            notify_error(f"source A and source B are the same layer {a.name!r}; choose two different sources")
-            return None
+            return self.refuse(f"source A and source B are the same layer {a.name!r}; choose two different sources")
         pair = a is not None
         if not pair and image is None:
-            notify_error("Segment needs an image layer, or sources A and B")
-            return None
+            return self.refuse("Segment needs an image layer, or sources A and B")
         first, second = (a, b) if pair else (image, None)
         spec = self.method.method_spec()
         try:
             kw = {**source_kwargs(first, "a"), **(source_kwargs(second, "b") if pair else {})}
             kw.update(device=self.device.device())
         except Exception as err:  # noqa: BLE001
-            notify_error(f"Segmentation of {first.name!r}: {error_text(err)}")
-            return None
+            return self.refuse(f"Segmentation of {first.name!r}: {error_text(err)}")
         xa, xb = layer_array(first), (layer_array(second) if pair else None)
 
         def job():  # the API's path: a pair is fused and segmented, one image only segmented
@@ -210,36 +166,12 @@ class SegmentWidget(QWidget):
         if pair:
             meta["source_b"] = second.name
 
-        def returned(result):
-            try:
-                self._show(result, first, second if pair else None, label, meta)
-            except Exception as err:  # noqa: BLE001
-                errored(err)
-                return
-            self.progress.done("done")
-
-        def errored(err):
-            self.progress.done("failed")
-            self.status.setText(error_text(err))
-            notify_error(f"{what} failed: {error_text(err)}")
-
-        def aborted():
-            self.progress.done("cancelled")
-            self.status.setText("cancelled; layers unchanged")
-
-        self._set_running(True)
-        self.progress.busy(f"segmenting with {label}")
-        self.status.setText("")
-        self.task = Task(
+        return self.start_job(
             job,
-            yielded=self.progress.show_progress,
-            returned=returned,
-            errored=errored,
-            aborted=aborted,
-            finished=lambda: self._set_running(False),
-            parent=self,
+            busy=f"segmenting with {label}",
+            on_result=lambda result: self._show(result, first, second if pair else None, label, meta),
+            what=what,
         )
-        return self.task.start()
 
     def _show(self, result, first, second, label: str, meta: dict) -> None:
         self.last_result = result
