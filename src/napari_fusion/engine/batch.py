@@ -65,8 +65,9 @@ _SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
 
 #: A pair whose larger file holds more samples (pixels x channels) than this is fused tile by tile
 #: from disk to disk by :func:`fuse_job`: 32 Mi samples, e.g. a 5.8k x 5.8k gray scene or a 3.3k x
-#: 3.3k RGB one. In memory a pair costs about 30-40 bytes per sample (both sources, their unit
-#: copies, the result; benchmarks/folder_memory.py), so pairs below it stay under ~1.3 GB.
+#: 3.3k RGB one. In memory a pair costs ~28 bytes per sample of a gray pair (both sources, their
+#: unit copies, the result): a 5792 x 5792 gray pair, just below, peaks at 1.2 GB, a 16k x 16k one
+#: would at 8.2 GB; tiled it stays at 0.33 GB (docs/results/folder_memory.md).
 LARGE_PAIR_SAMPLES = 32 * 1024 * 1024
 
 
