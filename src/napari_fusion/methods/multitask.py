@@ -40,6 +40,7 @@ from .segmenter import ChannelNorm
 __all__ = [
     "FAMILY",
     "WEIGHTS",
+    "IVIF_WEIGHTS",
     "MultiTaskNet",
     "MultiTaskRunner",
     "from_bundle",
@@ -50,6 +51,7 @@ __all__ = [
 
 FAMILY = "MultiTaskVIF"
 WEIGHTS = "multitaskvif_brats.safetensors"
+IVIF_WEIGHTS = "multitaskvif_ivif.safetensors"
 
 
 class _ConvNormAct(nn.Sequential):
@@ -356,16 +358,29 @@ def new_runner(
     return MultiTaskRunner(net, cls, device=device, meta={"method": "multitaskvif"})
 
 
-def _build(device: str = "cpu", weights: str | Path | None = None) -> MultiTaskRunner:
-    path = Path(weights) if weights else WEIGHTS_DIR / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"MultiTaskVIF weights file {path} not found; train it with "
-            f"`python -m napari_fusion.training.multitask --data auto --out {path}` or pass weights=PATH"
-        )
-    runner = load_runner(path, device=device)
-    runner.meta.setdefault("method", "multitaskvif")
-    return runner
+def ivif_classes() -> tuple[ClassInfo, ...]:
+    """Infrared/visible object classes (0 background, 1 person, 2 bicycle, 3 car; TDFusion's table)."""
+    from .tdfusion import IVIF_CLASSES
+
+    return _make_classes(IVIF_CLASSES)
+
+
+def _builder(default_file: str, method: str, task: str):
+    def build(device: str = "cpu", weights: str | Path | None = None) -> MultiTaskRunner:
+        path = Path(weights) if weights else WEIGHTS_DIR / default_file
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"MultiTaskVIF weights file {path} not found; train it with "
+                f"`python -m napari_fusion.training.multitask --task {task} --data auto --out {path}` or pass weights=PATH"
+            )
+        runner = load_runner(path, device=device)
+        runner.meta.setdefault("method", method)
+        return runner
+
+    return build
+
+
+_build = _builder(WEIGHTS, "multitaskvif", "brats")
 
 
 register_family(FAMILY, from_bundle)
@@ -382,5 +397,20 @@ register(
         halo=multitask_receptive_radius(),
         learned=True,
         extra={"classes": brats_classes()},
+    )
+)
+
+register(
+    Method(
+        "multitaskvif-ivif",
+        "MultiTaskVIF (2025) for infrared (A) + visible (B): fused image and person / bicycle / car labels in one "
+        "pass (trained on the MSRS training split with its object boxes as weak pixel labels)",
+        FAMILY,
+        _builder(IVIF_WEIGHTS, "multitaskvif-ivif", "ivif"),
+        weights=IVIF_WEIGHTS,
+        outputs=("fused", "labels"),
+        halo=multitask_receptive_radius(),
+        learned=True,
+        extra={"classes": ivif_classes()},
     )
 )

@@ -29,9 +29,22 @@ first (a budget-stopped run still ends with a small learning rate). A run whose 
 (``--time-budget 0``) is bitwise reproducible on CPU for a given seed and thread count, and
 ``--resume`` continues it exactly (optimiser, step and random states are in ``OUT.resume.pt``).
 
-``--data auto`` reads the BraTS train + validation cases from ``../shared/data`` (the test cases are
-held out for measurement); ``--data PACKED.npz`` reads ``a``, ``b`` (uint8 or float in [0, 1]) and
-``labels`` as written by ``python -m napari_fusion.training.pack``.
+``--task brats`` (default, method ``multitaskvif``): ``--data auto`` reads the BraTS train + validation
+cases from ``../shared/data`` (the test cases are held out for measurement); ``--data PACKED.npz`` reads
+``a``, ``b`` (uint8 or float in [0, 1]) and ``labels`` as written by ``python -m napari_fusion.training.pack``.
+The model records the BraTS ``input_intensity`` (how its training slices were scaled).
+
+``--task ivif`` (method ``multitaskvif-ivif``, classes background / person / bicycle / car of
+:data:`napari_fusion.methods.tdfusion.IVIF_CLASSES`; A = infrared, B = visible gray): ``--data auto``
+reads the MSRS + RoadScene training split with the MSRS object boxes (``boxes/fusion``) as weak pixel
+labels (inside a box its class, outside every box background, a 4-pixel ring around each box
+ignored; RoadScene pairs have no labels and teach only the fusion path); ``--data PACKED.npz`` reads
+``a_0, b_0, a_1, ...`` with optional ``l_0, l_1, ...`` label images. ``--object-fraction`` of the crops
+are centred near an object. The crops are the 8-bit images / 255, which is the engine's default
+mapping of 8-bit sources, so the model records no ``input_intensity``. Example (the shipped file)::
+
+    python -m napari_fusion.training.multitask --task ivif --data auto --out multitaskvif_ivif.safetensors \
+        --device cpu --threads 1 --batch 8 --crop 96 --steps 100000 --time-budget 2400 --ckpt-every 100
 
 Fine-tuning from painted labels (:func:`finetune_multitask_steps`) uses the same joint loss with the
 segmentation terms on painted pixels only; ``napari_fusion.training.finetune.finetune_steps`` hands
@@ -67,6 +80,9 @@ __all__ = [
     "painted_loss",
     "finetune_multitask_steps",
     "dice_on_slices",
+    "dice_on_pairs",
+    "prior_adjustment",
+    "apply_prior_adjustment",
     "train",
     "build_parser",
     "main",
@@ -497,9 +513,97 @@ def dice_on_slices(runner, a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_c
     return out
 
 
+@torch.no_grad()
+def dice_on_pairs(runner, pairs, labels, n_classes: int, ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
+    """Per-class Dice (pooled over pairs) of the runner's one-pass labels on whole images of any sizes.
+
+    Pixels whose label is ``ignore_index`` are left out. Also ``dice_mean_objects`` (classes 1..
+    present in labels or predictions) and ``predicted_object_fraction`` (share of the scored pixels
+    predicted as any class > 0).
+    """
+    inter = np.zeros(n_classes)
+    tot = np.zeros(n_classes)
+    fg = scored = 0
+    for (a, b), lab in zip(pairs, labels):
+        _, pred = runner.fuse_and_segment(_unit(a), _unit(b))
+        keep = lab != ignore_index
+        p, t = pred[keep], lab[keep]
+        fg += int((p > 0).sum())
+        scored += int(keep.sum())
+        for c in range(n_classes):
+            pc, tc = p == c, t == c
+            inter[c] += np.logical_and(pc, tc).sum()
+            tot[c] += pc.sum() + tc.sum()
+    dice = np.where(tot > 0, 2 * inter / np.maximum(tot, 1), np.nan)
+    out = {f"dice_{c}": float(dice[c]) for c in range(n_classes)}
+    obj = dice[1:][np.isfinite(dice[1:])]
+    out["dice_mean_objects"] = float(obj.mean()) if obj.size else float("nan")
+    out["predicted_object_fraction"] = fg / max(scored, 1)
+    return out
+
+
+def prior_adjustment(image_counts, seen_counts, class_weights=None, strength: float = 1.0) -> np.ndarray:
+    """Logit offsets that move a model trained on re-balanced crops to the class prior of whole images.
+
+    A classifier trained with cross-entropy on crops whose labelled pixels have class frequencies
+    ``seen`` and class weights ``w`` learns posteriors with the prior ``w * seen``; on whole images
+    the prior is ``image`` (post-hoc logit adjustment, Menon et al. 2021). The offsets
+    ``strength * (log image - log(w * seen))``, shifted so that class 0 gets 0, are added to the
+    segmentation bias. ``strength`` 0: no change, 1: the full Bayes correction.
+    """
+    img = np.asarray(image_counts, np.float64).clip(min=1.0)
+    seen = np.asarray(seen_counts, np.float64).clip(min=1.0)
+    w = np.ones_like(img) if class_weights is None else np.asarray(class_weights, np.float64)
+    if not (img.shape == seen.shape == w.shape):
+        raise ValueError(f"class counts {img.shape}, {seen.shape} and weights {w.shape} differ in length")
+    d = np.log(img / img.sum()) - np.log(w * seen / seen.sum())
+    return float(strength) * (d - d[0])
+
+
+@torch.no_grad()
+def apply_prior_adjustment(runner, image_counts, seen_counts, class_weights=None, strength: float = 1.0) -> np.ndarray:
+    """Add :func:`prior_adjustment` to the runner's segmentation bias (in place) and record it in
+    ``runner.meta["prior_adjustment"]``; an earlier recorded adjustment is undone first. Returns the offsets."""
+    net = runner.net
+    prev = (runner.meta.get("prior_adjustment") or {}).get("offsets")
+    if prev is not None:
+        net.seg_out.bias -= torch.tensor(prev, dtype=net.seg_out.bias.dtype, device=net.seg_out.bias.device)
+    d = prior_adjustment(image_counts, seen_counts, class_weights, strength)
+    if len(d) != net.n_classes:
+        raise ValueError(f"{len(d)} class counts for a model with {net.n_classes} classes")
+    net.seg_out.bias += torch.tensor(d, dtype=net.seg_out.bias.dtype, device=net.seg_out.bias.device)
+    runner.meta["prior_adjustment"] = {
+        "strength": float(strength),
+        "offsets": [round(float(x), 6) for x in d],
+        "image_class_pixels": [int(x) for x in image_counts],
+        "seen_class_pixels": [int(x) for x in seen_counts],
+        "class_weights": None if class_weights is None else [float(x) for x in class_weights],
+    }
+    return d
+
+
 # --------------------------------------------------------------------------------------------
 # the training loop (CLI)
 # --------------------------------------------------------------------------------------------
+def _ivif_data(data: dict[str, Any], n_classes: int) -> tuple[list, list]:
+    """Pairs and label images (None for unlabelled pairs) of ivif training data; checks label values."""
+    pairs = list(data["pairs"])
+    labels = data.get("labels")
+    if labels is None or not any(lab is not None for lab in labels):
+        raise ValueError(
+            f"ivif training data {data['source']} holds no label images; MultiTaskVIF needs labels for its "
+            "segmentation path (MSRS box files under boxes/fusion, or l_0, l_1, ... in a packed .npz)"
+        )
+    labels = [None if lab is None else np.asarray(lab).astype(np.int64) for lab in labels]
+    for i, lab in enumerate(labels):
+        if lab is None:
+            continue
+        v = lab[lab != IGNORE_INDEX]
+        if v.size and (v.min() < 0 or v.max() >= n_classes):
+            raise ValueError(f"ivif training pair {i}: labels hold values {v.min()}..{v.max()}; classes are 0..{n_classes - 1}")
+    return pairs, labels
+
+
 def _resume_path(out: Path) -> Path:
     return out.with_name(out.name.replace(".safetensors", "") + ".resume.pt")
 
@@ -525,7 +629,8 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
     from ..methods._torch import resolve_torch_device
     from ..methods.multitask import load_runner, new_runner
     from .data import BRATS_CLASSES, BRATS_INPUT_INTENSITY
-    from .tdfusion import BratsSampler, load_training_data
+    from ..methods.tdfusion import IVIF_CLASSES
+    from .tdfusion import BratsSampler, PairSampler, load_training_data
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -543,13 +648,22 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    data = load_training_data("brats", args.data)
-    n_classes = len(BRATS_CLASSES)
-    labels = data["labels"].astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"training labels hold values {labels.min()}..{labels.max()}; BraTS classes are 0..{n_classes - 1}")
-    sampler = BratsSampler(data["a"], data["b"], labels, args.crop, seed=args.seed, tumour_fraction=args.tumour_fraction,
-                           intensity_jitter=args.intensity_jitter)
+    data = load_training_data(args.task, args.data)
+    if args.task == "ivif":
+        classes = IVIF_CLASSES
+        n_classes = len(classes)
+        pairs, labels = _ivif_data(data, n_classes)
+        sampler = PairSampler(pairs, args.crop, seed=args.seed, labels=labels, object_fraction=args.object_fraction)
+        method = "multitaskvif-ivif"
+    else:
+        classes = BRATS_CLASSES
+        n_classes = len(classes)
+        labels = data["labels"].astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"training labels hold values {labels.min()}..{labels.max()}; BraTS classes are 0..{n_classes - 1}")
+        sampler = BratsSampler(data["a"], data["b"], labels, args.crop, seed=args.seed, tumour_fraction=args.tumour_fraction,
+                               intensity_jitter=args.intensity_jitter)
+        method = "multitaskvif"
     cw = class_weights_from_counts(sampler.class_counts(n_classes)).tolist() if args.class_weights else None
     cfg = MultiTaskConfig(
         lr=args.lr, weight_decay=args.weight_decay, fusion_weight=args.fusion_weight, int_weight=args.int_weight,
@@ -559,8 +673,8 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
     out = Path(args.out)
     record: dict[str, Any] = {
         "command": "python -m napari_fusion.training.multitask " + " ".join(shlex.quote(x) for x in args.argv),
+        "task": args.task,
         "data": data["source"],
-        "slices": int(len(labels)),
         "seed": args.seed,
         "device": str(device),
         "batch": args.batch,
@@ -568,8 +682,19 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
         "config": cfg.to_dict(),
         "torch": torch.__version__,
     }
+    if args.task == "ivif":
+        record |= {"pairs": len(pairs), "labelled_pairs": sum(lab is not None for lab in labels),
+                   "class_pixels": [int(x) for x in sampler.class_counts(n_classes)], "object_fraction": args.object_fraction}
+    else:
+        record["slices"] = int(len(labels))
     if args.resume:
         runner = load_runner(args.resume, device=device)
+        prev_adj = (runner.meta.pop("prior_adjustment", None) or {}).get("offsets")
+        if prev_adj is not None:  # train the plain logits; the adjustment is made again at the end
+            with torch.no_grad():
+                runner.net.seg_out.bias -= torch.tensor(prev_adj, dtype=runner.net.seg_out.bias.dtype)
+        if runner.n_classes != n_classes:
+            raise ValueError(f"{args.resume} has {runner.n_classes} classes; --task {args.task} trains {n_classes}")
         trainer = MultiTaskTrainer(runner, cfg, device)
         rp = _resume_path(Path(args.resume))
         if rp.is_file():
@@ -582,14 +707,18 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
         else:
             log(json.dumps({"warning": f"no optimiser state {rp}; resuming weights only"}))
     else:
-        runner = new_runner(BRATS_CLASSES, seed=args.seed, device=device)
+        runner = new_runner(classes, seed=args.seed, device=device)
         trainer = MultiTaskTrainer(runner, cfg, device)
-    runner.meta["method"] = "multitaskvif"
-    runner.meta["input_intensity"] = dict(BRATS_INPUT_INTENSITY)  # how the training slices were scaled
+    runner.meta["method"] = method
+    if args.task == "brats":
+        runner.meta["input_intensity"] = dict(BRATS_INPUT_INTENSITY)  # how the training slices were scaled
+    else:  # 8-bit images / 255: the engine's default mapping of 8-bit sources, nothing to record
+        runner.meta.pop("input_intensity", None)
 
     logf = open(args.log, "a") if args.log else None
     ema: dict[str, float] = {}
     first: dict[str, float] = {}
+    seen = np.zeros(n_classes, np.int64)  # labelled pixels per class in the crops this run trained on
     t0 = time.time()
     prev_seconds = record.get("resumed_from", {}).get("seconds", 0.0)
     try:
@@ -598,6 +727,9 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
                 log(json.dumps({"stop": "time budget", "step": trainer.step}))
                 break
             a, b, lab = sampler.batch(args.batch)
+            if lab is not None:
+                v = lab[lab >= 0]
+                seen += np.bincount(v.numpy(), minlength=n_classes)[:n_classes]
             if args.time_budget:
                 trainer.time_fraction = (time.time() - t0) / args.time_budget
             row = trainer.train_step(a, b, lab)
@@ -628,8 +760,22 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
         "first_losses": {k: round(v, 5) for k, v in first.items()},
         "final_losses": {k: round(v, 5) for k, v in ema.items()},
     }
+    record["seen_class_pixels"] = [int(x) for x in seen]
     trainer.finish()
-    if args.eval_slices:
+    if args.prior_adjust and seen.sum():
+        image_counts = sampler.class_counts(n_classes)
+        d = apply_prior_adjustment(runner, image_counts, seen, cw, args.prior_adjust)
+        record["prior_adjustment"] = {"strength": args.prior_adjust, "offsets": [round(float(x), 4) for x in d]}
+    if args.eval_slices and args.task == "ivif":
+        # a quick report on whole labelled training pairs with objects (the test split is for measurement)
+        idx = list(sampler.object_pairs)
+        idx = [idx[int(j)] for j in np.linspace(0, len(idx) - 1, min(args.eval_slices, len(idx))).round().astype(int)] if idx else []
+        if idx:
+            record["train_pair_dice"] = {
+                k: (round(v, 4) if math.isfinite(v) else None)
+                for k, v in dice_on_pairs(runner, [pairs[i] for i in idx], [labels[i] for i in idx], n_classes).items()
+            }
+    elif args.eval_slices:
         # a quick report on full training slices with tumour (the test cases are for the benchmark)
         tum = np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1))
         pool = tum if len(tum) else np.arange(len(labels))
@@ -649,7 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--data", default="auto", help="'auto' (../shared/data BraTS train+validation), a packed .npz or a BraTS folder")
+    ap.add_argument("--task", choices=("brats", "ivif"), default="brats",
+                    help="brats: FLAIR + T1c tumour classes (method multitaskvif); ivif: infrared + visible with MSRS "
+                         "object boxes as weak labels (method multitaskvif-ivif)")
+    ap.add_argument("--data", default="auto",
+                    help="'auto' (../shared/data: BraTS train+validation, or the MSRS+RoadScene training split for ivif), "
+                         "a packed .npz or a folder")
     ap.add_argument("--out", required=True, help="model file to write (.safetensors); optimiser state goes beside it (.resume.pt)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     ap.add_argument("--steps", type=int, default=4000, help="total optimiser steps (a resumed run continues up to this)")
@@ -673,14 +824,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad-weight", type=float, default=4.0, help="weight of the max-gradient term in the fusion loss")
     ap.add_argument("--seg-weight", type=float, default=1.0, help="weight of the segmentation loss in the joint loss")
     ap.add_argument("--dice-weight", type=float, default=1.0, help="weight of soft Dice next to cross-entropy")
-    ap.add_argument("--tumour-fraction", type=float, default=0.6, help="share of crops centred on a tumour pixel")
+    ap.add_argument("--tumour-fraction", type=float, default=0.6, help="brats: share of crops centred on a tumour pixel")
+    ap.add_argument("--object-fraction", type=float, default=0.5, help="ivif: share of crops centred near an object box")
     ap.add_argument("--intensity-jitter", type=float, default=0.0,
                     help="probability that a crop's source is remapped as a single slice scaled on its own is (0: never)")
     ap.add_argument("--no-class-weights", dest="class_weights", action="store_false")
+    ap.add_argument("--prior-adjust", type=float, default=0.0,
+                    help="after training, shift the segmentation logits by this share (0..1) of log(image class prior) "
+                         "- log(class weights x class frequencies of the training crops): object-centred crops and "
+                         "class weights otherwise make the model label far too many object pixels on whole images "
+                         "(0: off)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--eval-slices", type=int, default=24, help="training slices with tumour for the final Dice report")
+    ap.add_argument("--eval-slices", type=int, default=24,
+                    help="training slices with tumour (ivif: whole training pairs with objects) for the final Dice report")
     return ap
 
 
