@@ -714,7 +714,7 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
         cw = class_weights_from_counts(sampler.class_counts(5)).tolist() if args.class_weights else None
     else:
         labels = data.get("labels") if args.labels else None
-        sampler = PairSampler(data["pairs"], args.crop, seed=args.seed, labels=labels)
+        sampler = PairSampler(data["pairs"], args.crop, seed=args.seed, labels=labels, object_fraction=args.object_fraction)
         from ..methods.tdfusion import IVIF_CLASSES
 
         cw = class_weights_from_counts(sampler.class_counts(len(IVIF_CLASSES))).tolist() if labels and args.class_weights else None
@@ -862,6 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FusionNet arguments for a new model, KEY=VALUE,... ('' = the older full-resolution net)")
     ap.add_argument("--loss-config", default="",
                     help="LossNet arguments for a new model, KEY=VALUE,... ('' = dim 16, 1 + 3 blocks)")
+    ap.add_argument("--object-fraction", type=float, default=0.5,
+                    help="ivif with boxes: share of crops centred near an object (the rest uniform)")
     ap.add_argument("--freeze-fusion", action="store_true",
                     help="train only the task network (e.g. a last phase on the final fused images; use with --meta-every 0)")
     ap.add_argument("--no-labels", dest="labels", action="store_false",
