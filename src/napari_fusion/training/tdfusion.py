@@ -332,11 +332,16 @@ class TDFusionTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Optimiser moments and the step of an earlier run; the learning rates stay this run's own
+        (a resumed phase may use another rate than the run it continues)."""
         self.step = int(state["step"])
-        self.opt_fusion.load_state_dict(state["opt_fusion"])
-        self.opt_loss.load_state_dict(state["opt_loss"])
-        if self.opt_seg is not None and state.get("opt_seg") is not None:
-            self.opt_seg.load_state_dict(state["opt_seg"])
+        c = self.config
+        for opt, key, lr in ((self.opt_fusion, "opt_fusion", c.lr_fusion), (self.opt_loss, "opt_loss", c.lr_loss),
+                             (self.opt_seg, "opt_seg", c.lr_seg)):
+            if opt is not None and state.get(key) is not None:
+                opt.load_state_dict(state[key])
+                for g in opt.param_groups:
+                    g["lr"] = lr
 
 
 # --------------------------------------------------------------------------------------------
