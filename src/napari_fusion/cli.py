@@ -388,8 +388,8 @@ def _cmd_detect(args) -> int:
     from .engine.pipeline import resolve_runner
 
     runner, mname, _ = resolve_runner(args.method, args.device)  # unknown method: fail before any work
-    labels = class_names_of(getattr(runner, "classes", None))
-    if not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")) or not any(v > 0 for v in labels):
+    labels = class_names_of(runner.classes)
+    if not runner.segments or not any(v > 0 for v in labels):
         from .methods.registry import list_methods
 
         segs = ", ".join(m.name for m in list_methods(segmenting_only=True)) or "none"

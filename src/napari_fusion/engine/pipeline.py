@@ -31,6 +31,7 @@ import numpy as np
 from .. import color
 from ..color import Intensity
 from ..geometry import Grid, bring_onto, shape_str
+from ..methods.runner import Runner, WrappedRunner, as_runner
 from .tiling import Progress, fuse_tiled_steps, run_aligned
 from .volumes import fuse_volume_steps
 
@@ -388,24 +389,14 @@ def finish(fused_unit: np.ndarray, prepared: PreparedPair) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # runners
 # ------------------------------------------------------------------------------------------------
-class _FunctionRunner:
-    def __init__(self, fn: Callable, name: str):
-        self._fn = fn
-        self.name = name
-
-    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._fn(a, b)
-
-
+# Runners are :class:`~napari_fusion.methods.runner.Runner` objects: a registry runner is one, a
+# user's object or function is adapted once (``as_runner``); the helpers below take either.
 def input_intensity_of(runner: Any) -> color.InputIntensity | None:
     """The intensity mapping a runner's model was trained with (its metadata), or None (default)."""
-    spec = getattr(runner, "input_intensity", None)
-    if spec is None:
-        spec = (getattr(runner, "meta", None) or {}).get("input_intensity")
-    return spec if isinstance(spec, color.InputIntensity) else color.InputIntensity.from_meta(spec)
+    return as_runner(runner).input_intensity
 
 
-def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Any, str, Any]:
+def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Runner, str, Any]:
     """``(runner, name, Method or None)`` for a method name, a Method, a runner or a function."""
     from ..methods.registry import Method, build_runner, default_method, get_method
     from .device import resolve_device
@@ -414,27 +405,22 @@ def resolve_runner(method: Any = None, device: str = "auto") -> tuple[Any, str, 
         method = default_method()
     if isinstance(method, (str, Method)):
         m = get_method(method)
-        return build_runner(m, device=resolve_device(device)), m.name, m
-    if hasattr(method, "fuse"):
-        name = getattr(method, "name", None)
-        return method, str(name) if name else type(method).__name__, None
-    if callable(method):
-        return _FunctionRunner(method, getattr(method, "__name__", "function")), getattr(method, "__name__", "function"), None
-    raise TypeError(f"method must be a registered name, a Method, a runner or a function, not {type(method).__name__}")
+        return as_runner(build_runner(m, device=resolve_device(device))), m.name, m
+    try:
+        runner = as_runner(method)
+    except TypeError:
+        raise TypeError(f"method must be a registered name, a Method, a runner or a function, not {type(method).__name__}") from None
+    return runner, runner.name or type(runner).__name__, None
 
 
 def segments_of(runner: Any, m: Any) -> bool:
     """Whether a runner (of Method ``m``, or None) gives labels."""
-    if m is not None and getattr(m, "segments", False):
-        return True
-    can = hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")
-    return bool(can and getattr(runner, "classes", None))
+    return bool(m is not None and m.segments) or as_runner(runner).segments
 
 
-def _classes(runner: Any, m: Any) -> tuple | None:
-    cls = getattr(runner, "classes", None)
-    if cls:
-        return tuple(cls)
+def _classes(runner: Runner, m: Any) -> tuple | None:
+    if runner.classes:
+        return tuple(runner.classes)
     if m is not None and m.extra.get("classes"):
         return tuple(m.extra["classes"])
     return None
@@ -442,7 +428,7 @@ def _classes(runner: Any, m: Any) -> tuple | None:
 
 def halo_of(runner: Any, m: Any) -> int:
     """The context (pixels) a runner needs around a tile: its ``halo``, else the Method's, else 32."""
-    h = getattr(runner, "halo", None)
+    h = as_runner(runner).halo
     if h is None and m is not None:
         h = m.halo
     return int(h) if h is not None else 32
@@ -450,26 +436,13 @@ def halo_of(runner: Any, m: Any) -> int:
 
 def align_of(runner: Any) -> int:
     """The multiple every runner call is padded to: 32 and the runner's ``pad_multiple``."""
-    pm = int(getattr(runner, "pad_multiple", 1) or 1)
+    pm = int(as_runner(runner).pad_multiple or 1)
     return pm * 32 // math.gcd(pm, 32)
-
-
-def _tile_fn(runner: Any, labels: bool) -> Callable:
-    if not labels:
-        return runner.fuse
-    if hasattr(runner, "fuse_and_segment"):
-        return runner.fuse_and_segment
-
-    def both(a, b):
-        f = runner.fuse(a, b)
-        return f, runner.segment(f, a, b)
-
-    return both
 
 
 def preferred_tile_of(runner: Any) -> int | None:
     """The runner's own tile side on its current device (``preferred_tile``), or None."""
-    t = getattr(runner, "preferred_tile", None)
+    t = as_runner(runner).preferred_tile
     return int(t) if t else None
 
 
@@ -493,7 +466,7 @@ def _pick_tile(shape2d: tuple[int, int], tile: Any, preferred: int | None = None
     return t
 
 
-def _tile_overlap(runner: Any, tile: Any, t: tuple[int, int] | None, overlap: int) -> int:
+def _tile_overlap(runner: Runner, tile: Any, t: tuple[int, int] | None, overlap: int) -> int:
     """Overlap between tiles: none for automatic tiles of a runner whose tiles are exact.
 
     A runner with ``tiles_exact`` (its halo covers its receptive field) gives the untiled result
@@ -501,7 +474,7 @@ def _tile_overlap(runner: Any, tile: Any, t: tuple[int, int] | None, overlap: in
     """
     if t is None:
         return int(overlap)
-    if tile is None and getattr(runner, "tiles_exact", False):
+    if tile is None and runner.tiles_exact:
         return 0
     return min(int(overlap), min(t) // 2)
 
@@ -538,7 +511,8 @@ def run_unit_steps(
     """
     if a.shape != b.shape:
         raise ValueError(f"unit images must have one shape: A is {a.shape}, B is {b.shape}")
-    fn = _tile_fn(runner, labels)
+    runner = as_runner(runner)
+    fn = runner.fuse_and_segment if labels else runner.fuse
     halo = halo_of(runner, None) if halo is None else int(halo)
     align = align_of(runner)
     pref = preferred_tile_of(runner)
@@ -603,7 +577,7 @@ def fuse_steps(
     prepared = prepare_pair(a, b, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, channel_axis_b=channel_axis_b,
                             input_intensity=input_intensity_of(runner), names=names)
     want = bool(segment) or segments_of(runner, m)
-    if want and not (hasattr(runner, "fuse_and_segment") or hasattr(runner, "segment")):
+    if want and not runner.can_segment:
         _refuse_non_segmenting(name)
     halo = halo_of(runner, m)
     fused_u, labels = yield from run_steps(runner, prepared, labels=want, tile=tile, overlap=overlap, halo=halo)
@@ -611,20 +585,14 @@ def fuse_steps(
     return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None)
 
 
-class _SegmentOnly:
-    """A runner that takes A as an already fused image: labels from the method's segmenter, A passed on."""
-
-    def __init__(self, runner: Any, name: str, halo: int):
-        self._r, self.name, self.halo = runner, name, halo
-        self.meta = getattr(runner, "meta", None) or {}
-        self.pad_multiple = getattr(runner, "pad_multiple", 1)
-        self.classes = getattr(runner, "classes", None)
+class _SegmentOnly(WrappedRunner):
+    """Takes A as an already fused image: labels from the method's segmenter, A passed on."""
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a
 
     def fuse_and_segment(self, a: np.ndarray, b: np.ndarray):
-        return a, self._r.segment(a, a, a)
+        return a, self.inner.segment(a, a, a)
 
 
 def _refuse_non_segmenting(name: str) -> None:
@@ -660,7 +628,7 @@ def segment_steps(
         return (yield from fuse_steps(a, b, runner if m is None else m, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b,
                                       device=device, tile=tile, overlap=overlap, segment=True, channel_axis_b=channel_axis_b))
     prepared = prepare_pair(a, a, grid_a=grid_a, grid_b=grid_a, rgb_a=rgb_a, rgb_b=rgb_a, input_intensity=input_intensity_of(runner))
-    one = _SegmentOnly(runner, name, halo_of(runner, m))
+    one = _SegmentOnly(runner, name=name, halo=halo_of(runner, m))
     fused_u, labels = yield from run_steps(one, prepared, labels=True, tile=tile, overlap=overlap, halo=one.halo)
     return FusionResult(finish(fused_u, prepared), labels, prepared.grid, name, _classes(runner, m))
 
@@ -681,20 +649,11 @@ def fuse_arrays(a: Any, b: Any, method: Any = None, *, progress: Callable[[Progr
     return drain(fuse_steps(a, b, method, **kw), progress)
 
 
-class _EnhanceRunner:
-    """A runner whose ``fuse(x, x)`` calls the method's own single-image ``enhance`` when it has one."""
-
-    def __init__(self, runner: Any):
-        self._r = runner
-        self.name = getattr(runner, "name", None)
-        self.meta = getattr(runner, "meta", None) or {}
-        self.halo = getattr(runner, "halo", None)
-        self.pad_multiple = getattr(runner, "pad_multiple", 1)
-        self.preferred_tile = getattr(runner, "preferred_tile", None)
-        self.tiles_exact = getattr(runner, "tiles_exact", False)
+class _Enhancing(WrappedRunner):
+    """``fuse(x, x)`` is the method's single-image ``enhance`` (by default x fused with itself); no labels."""
 
     def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._r.enhance(a)
+        return self.inner.enhance(a)
 
 
 def enhance_steps(
@@ -707,33 +666,12 @@ def enhance_steps(
     tile: int | Sequence[int] | None = None,
     overlap: int = 32,
 ) -> Generator[Progress, None, FusionResult]:
-    """Single-image enhancement: the image is fed as both sources (or to the method's ``enhance``)."""
+    """Single-image enhancement: the method's ``enhance`` of the image (by default the image fused with itself)."""
     runner, name, m = resolve_runner(method, device)
-    if hasattr(runner, "enhance"):
-        wrapped = _EnhanceRunner(runner)
-        wrapped.name = name
-        if wrapped.halo is None and m is not None:
-            wrapped.halo = m.halo
-        runner = wrapped
-    elif m is not None:
-        runner = _NamedRunner(runner, name, m.halo)
+    one = _Enhancing(runner, name=name, halo=halo_of(runner, m), classes=())
     return (
-        yield from fuse_steps(image, image, runner, grid_a=grid, grid_b=grid, rgb_a=rgb, rgb_b=rgb, device=device, tile=tile, overlap=overlap)
+        yield from fuse_steps(image, image, one, grid_a=grid, grid_b=grid, rgb_a=rgb, rgb_b=rgb, device=device, tile=tile, overlap=overlap)
     )
-
-
-class _NamedRunner:
-    """A registry runner passed on as an object, keeping the method's name and halo."""
-
-    def __init__(self, runner: Any, name: str, halo: int):
-        self._r = runner
-        self.name = name
-        self.meta = getattr(runner, "meta", None) or {}
-        self.halo = getattr(runner, "halo", None) or halo
-        self.pad_multiple = getattr(runner, "pad_multiple", 1)
-
-    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._r.fuse(a, b)
 
 
 def enhance_arrays(image: Any, method: Any = "gifnet", *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:

@@ -22,6 +22,8 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
+from ..methods.runner import as_runner
+
 __all__ = [
     "Progress",
     "tile_cores",
@@ -95,8 +97,8 @@ def blend_ramp(length: int, left: int, right: int) -> np.ndarray:
 
 
 def runner_halo(runner_or_fn: Any, default: int = 0) -> int:
-    """The context a runner needs around a tile: its ``halo`` attribute, else ``default``."""
-    h = getattr(runner_or_fn, "halo", None)
+    """The context a runner needs around a tile: its ``halo``, else ``default``."""
+    h = as_runner(runner_or_fn).halo
     return int(h) if h is not None else int(default)
 
 
@@ -120,23 +122,10 @@ def _label_cuts(cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _as_tile_fn(runner_or_fn: Any, want_labels: bool) -> Callable[[np.ndarray, np.ndarray], Any]:
-    if want_labels:
-        if hasattr(runner_or_fn, "fuse_and_segment"):
-            return runner_or_fn.fuse_and_segment
-        if hasattr(runner_or_fn, "segment") and hasattr(runner_or_fn, "fuse"):
-            def both(a, b):
-                f = runner_or_fn.fuse(a, b)
-                return f, runner_or_fn.segment(f, a, b)
-
-            return both
-        if callable(runner_or_fn) and not hasattr(runner_or_fn, "fuse"):
-            return runner_or_fn  # a function returning (fused, labels)
-        raise TypeError(f"{type(runner_or_fn).__name__} does not segment (no fuse_and_segment or segment)")
-    if hasattr(runner_or_fn, "fuse"):
-        return runner_or_fn.fuse
-    if callable(runner_or_fn):
-        return runner_or_fn
-    raise TypeError(f"expected a runner with .fuse(a, b) or a function (a, b) -> fused, got {type(runner_or_fn).__name__}")
+    """What one tile runs: the runner's ``fuse``, or with labels its ``fuse_and_segment`` (a plain
+    function asked for labels returns ``(fused, labels)`` itself)."""
+    r = as_runner(runner_or_fn)
+    return r.fuse_and_segment if want_labels else r.fuse
 
 
 def run_aligned(fn: Callable[[np.ndarray, np.ndarray], Any], a: np.ndarray, b: np.ndarray, align: int = 32) -> Any:

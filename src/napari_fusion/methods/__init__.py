@@ -1,7 +1,8 @@
 """Fusion methods: the registry, classical baselines and the learned families."""
 from .registry import ClassInfo, Method, build_runner, get_method, list_methods, register
+from .runner import Runner, as_runner
 
-__all__ = ["ClassInfo", "Method", "build_runner", "get_method", "list_methods", "register"]
+__all__ = ["ClassInfo", "Method", "Runner", "as_runner", "build_runner", "get_method", "list_methods", "register"]
 
 
 # `napari_fusion.methods` is both this subpackage and the public API function `methods()`: once the

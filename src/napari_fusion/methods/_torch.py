@@ -14,6 +14,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .runner import Runner
+
 __all__ = [
     "TorchRunner",
     "count_parameters",
@@ -120,8 +122,8 @@ def crop_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return x[..., : hw[0], : hw[1]]
 
 
-class TorchRunner:
-    """Base class for runners whose fusion is a torch network.
+class TorchRunner(Runner):
+    """Base class for runners whose fusion is a torch network (a :class:`~.runner.Runner`).
 
     Subclasses set ``self.modules`` (name -> ``nn.Module``) and implement :meth:`forward_fused`
     (``(1,1,H,W)`` padded tensors -> fused ``(1,1,H,W)`` tensor in [0, 1]). ``pad_multiple`` is the

@@ -5,6 +5,7 @@ import numpy as np
 from scipy import ndimage
 
 from .registry import Method, register
+from .runner import FunctionRunner
 
 __all__ = ["fuse_average", "fuse_max", "fuse_laplacian", "laplacian_pyramid"]
 
@@ -63,33 +64,15 @@ def fuse_laplacian(a: np.ndarray, b: np.ndarray, levels: int = 4) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-class _FunctionRunner:
-    """Adapts a pure fusion function to the runner contract."""
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def fuse(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._fn(a, b)
-
-
-def _builder(fn):
-    def build(device: str = "cpu", weights=None):
+def _register(name: str, description: str, fn, halo: int = 0) -> None:
+    def build(device: str = "cpu", weights=None) -> FunctionRunner:
         if weights is not None:
             raise ValueError("classical methods have no weights to load")
-        return _FunctionRunner(fn)
+        return FunctionRunner(fn, name, halo=halo, family="classical")
 
-    return build
+    register(Method(name, description, "classical", build, halo=halo))
 
 
-register(Method("average", "Mean of the two sources (classical baseline)", "classical", _builder(fuse_average)))
-register(Method("max", "Per-pixel maximum of the sources (classical baseline)", "classical", _builder(fuse_max)))
-register(
-    Method(
-        "laplacian",
-        "Laplacian pyramid, max-abs detail and mean base (classical baseline)",
-        "classical",
-        _builder(fuse_laplacian),
-        halo=64,
-    )
-)
+_register("average", "Mean of the two sources (classical baseline)", fuse_average)
+_register("max", "Per-pixel maximum of the sources (classical baseline)", fuse_max)
+_register("laplacian", "Laplacian pyramid, max-abs detail and mean base (classical baseline)", fuse_laplacian, halo=64)

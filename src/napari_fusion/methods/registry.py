@@ -1,16 +1,20 @@
 """The one registry of fusion methods read by the API, the CLI and the widgets.
 
 A method is a name (what the user types everywhere), a one-line description, a builder that
-returns a ready *runner* on a device (loading the shipped weights), the weights file, the
-preprocessing it expects and the outputs it gives.
+returns a ready *runner* on a device (loading the shipped weights), the weights file and the
+outputs it gives.
 
-Runner contract (what every builder returns):
+Runner contract (what every builder returns; :class:`napari_fusion.methods.runner.Runner` writes it
+down with its defaults, and every runner of the package subclasses it):
 - ``runner.fuse(a, b) -> fused``: two 2-D float32 arrays in [0, 1] of the same shape -> 2-D float32
-  in [0, 1] of that shape. Colour handling, intensity scaling, resampling and tiling happen
-  outside, in :mod:`napari_fusion.engine`, so a runner only ever sees single-channel unit images.
+  in [0, 1] of that shape. Colour handling (Y of colour sources fused, CbCr kept), intensity
+  scaling, resampling and tiling happen outside, in :mod:`napari_fusion.engine`, so a runner only
+  ever sees single-channel unit images.
 - Segmenting runners (``"labels" in method.outputs``) also have ``runner.classes`` (a tuple of
   :class:`ClassInfo`) and ``runner.segment(fused, a, b) -> int32 labels``; runners whose one pass
   gives both have ``runner.fuse_and_segment(a, b) -> (fused, labels)``.
+- A builder may return any object with ``fuse`` (or the engine takes a plain function): the engine
+  adapts it with :func:`~napari_fusion.methods.runner.as_runner`.
 """
 from __future__ import annotations
 
@@ -62,7 +66,6 @@ class Method:
     family: str  # "classical", "TDFusion", "GIFNet", "MultiTaskVIF"
     build: Callable[..., Any]  # build(device: str = "cpu", weights: str | Path | None = None) -> runner
     weights: str | None = None  # file name inside napari_fusion/weights, or None
-    preprocessing: str = "luma-unit"  # colour -> Y (BT.601) fused, CbCr kept; intensities in [0, 1]
     outputs: tuple[str, ...] = ("fused",)
     halo: int = 0  # context pixels a tile needs on each side for tiled == untiled
     learned: bool = False

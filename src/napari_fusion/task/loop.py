@@ -21,6 +21,7 @@ from typing import Any, Generator, Mapping
 
 import numpy as np
 
+from ..methods.runner import as_runner
 from .head import fit_head
 from .tuned import TunedRunner, base_label_values, fuse_with_base_labels, head_features
 
@@ -87,7 +88,7 @@ def _fit(base, a, b, labels, head_kw, cache=None):
     else:
         fused, base_labels = fuse_with_base_labels(base, a, b)
         values = base_label_values(base)
-        feats = head_features(a, b, fused, base_labels, values, getattr(base, "device", "cpu"))
+        feats = head_features(a, b, fused, base_labels, values, as_runner(base).device)
         if cache is not None:
             cache.update(fused=fused, base_labels=base_labels, features=feats)
     train, priors, gate = labels, None, None

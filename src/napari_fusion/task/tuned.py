@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..methods.runner import Runner, as_runner
 from .features import FEATURE_SIGMAS, feature_halo, n_features, pixel_features
 from .head import PixelHead
 
@@ -23,11 +24,12 @@ HEAD_INPUTS = ("a", "b", "fused")  # the images whose filter features the head r
 
 def segments(model: Any) -> bool:
     """Whether a fusion model gives labels of its own (then the head also reads them)."""
-    return bool(getattr(model, "classes", None)) and (hasattr(model, "fuse_and_segment") or hasattr(model, "segment"))
+    return as_runner(model).segments
 
 
 def base_label_values(model: Any) -> tuple[int, ...]:
-    return tuple(int(c.index) for c in model.classes) if segments(model) else ()
+    r = as_runner(model)
+    return tuple(int(c.index) for c in r.classes) if r.segments else ()
 
 
 def one_hot(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
@@ -37,13 +39,10 @@ def one_hot(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
 
 def fuse_with_base_labels(model: Any, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's fused image and, for a segmenting model, its labels (one pass where it can)."""
-    if not segments(model):
-        return np.asarray(model.fuse(a, b), np.float32), None
-    if hasattr(model, "fuse_and_segment"):
-        fused, lab = model.fuse_and_segment(a, b)
-    else:
-        fused = model.fuse(a, b)
-        lab = model.segment(fused, a, b)
+    r = as_runner(model)
+    if not r.segments:
+        return np.asarray(r.fuse(a, b), np.float32), None
+    fused, lab = r.fuse_and_segment(a, b)
     return np.asarray(fused, np.float32), np.asarray(lab)
 
 
@@ -55,23 +54,24 @@ def head_features(a, b, fused, base_labels, values, device="cpu") -> np.ndarray:
     return feats
 
 
-class TunedRunner:
+class TunedRunner(Runner):
     """``base`` (any fusion runner) + ``head`` (a :class:`PixelHead` on features of A, B and the fused image)."""
 
     tiles_exact = False  # the features' mirrored borders differ at tile edges (blended overlap hides it)
 
     def __init__(self, base: Any, head: PixelHead, meta: dict | None = None):
+        base = as_runner(base)
         self.base_values = base_label_values(base)
         want = n_features(len(HEAD_INPUTS)) + len(self.base_values)
         if head.n_features != want:
             raise ValueError(f"the head reads {head.n_features} features; this model and build give {want}")
         self.base, self.head = base, head
-        base_name = str(getattr(base, "name", "model"))
-        self.meta: dict[str, Any] = dict(meta or {})
-        self.meta.setdefault("base", (getattr(base, "meta", None) or {}).get("base") or base_name.removesuffix("-tuned"))
+        base_name = base.name or "model"
+        self.meta = dict(meta or {})
+        self.meta.setdefault("base", base.meta.get("base") or base_name.removesuffix("-tuned"))
         self.meta.setdefault("method", f"{self.meta['base']}-tuned")
         for key in ("input_intensity",):  # the base's input conventions hold for the whole
-            if key in (getattr(base, "meta", None) or {}):
+            if key in base.meta:
                 self.meta.setdefault(key, base.meta[key])
 
     # --- what the engine and the widgets read --------------------------------------------------
@@ -81,7 +81,7 @@ class TunedRunner:
 
     @property
     def family(self) -> str | None:
-        return getattr(self.base, "family", None)
+        return self.base.family
 
     @property
     def classes(self) -> tuple:
@@ -91,19 +91,19 @@ class TunedRunner:
 
     @property
     def halo(self) -> int:
-        return int(getattr(self.base, "halo", 0) or 0) + feature_halo()
+        return int(self.base.halo or 0) + feature_halo()
 
     @property
     def pad_multiple(self) -> int:
-        return int(getattr(self.base, "pad_multiple", 1) or 1)
+        return int(self.base.pad_multiple or 1)
 
     @property
     def preferred_tile(self) -> int | None:
-        return getattr(self.base, "preferred_tile", None)
+        return self.base.preferred_tile
 
     @property
     def device(self) -> torch.device:
-        return torch.device(getattr(self.base, "device", "cpu"))
+        return torch.device(self.base.device)
 
     @property
     def modules(self) -> dict:

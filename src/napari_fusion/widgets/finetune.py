@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..methods.runner import is_runner
 from .finetune_job import FINETUNE_FAMILIES, TuneCache, TuneView, trainable, tune_job, tuned_label, warm_up
 from .finetune_layers import MADE_BY, TunedLayers
 from .finetune_live import LIVE_DELAY_MS, LiveRefits
@@ -82,7 +83,7 @@ class FinetuneWidget(LiveRefits, ModelActions, JobWidget):
         self.strokes.setToolTip("a Labels layer with a few painted strokes per class (0 = unpainted)")
         self.new_strokes_button = QPushButton("New strokes layer")
         self.new_strokes_button.setToolTip("add an empty Labels layer on source A's grid to paint on")
-        self.model = MethodCombo(napari_viewer, method_filter=_learned, entry_filter=lambda e: hasattr(e.runner, "fuse"))
+        self.model = MethodCombo(napari_viewer, method_filter=_learned, entry_filter=lambda e: is_runner(e.runner))
         self.steps = QSpinBox()
         self.steps.setRange(0, 100000)
         self.steps.setValue(DEFAULT_STEPS)

@@ -16,12 +16,12 @@ FINETUNE_FAMILIES = ("TDFusion", "MultiTaskVIF")  # families whose fusion trains
 
 def trainable(runner_or_method) -> bool:
     """Whether Steps > 0 can train the fusion of this model (a shipped method or a runner)."""
-    from ..task.loop import base_of
+    from ..methods.registry import Method
+    from ..methods.runner import as_runner, is_runner
 
-    family = getattr(runner_or_method, "family", None)
-    if family is None and not isinstance(runner_or_method, str):
-        family = getattr(base_of(runner_or_method), "family", None)
-    return family in FINETUNE_FAMILIES
+    if isinstance(runner_or_method, Method):
+        return runner_or_method.family in FINETUNE_FAMILIES
+    return is_runner(runner_or_method) and as_runner(runner_or_method).family in FINETUNE_FAMILIES
 
 
 def fingerprint(x) -> tuple:

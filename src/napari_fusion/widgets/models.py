@@ -11,7 +11,6 @@ from qtpy.QtGui import QStandardItemModel
 from qtpy.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 
 from .layers import is_alive, unwrap
-from .results import classes_of
 
 __all__ = ["MethodCombo", "ModelEntry", "ModelShelf", "method_segments", "missing_weights", "shelf_for"]
 
@@ -218,4 +217,6 @@ def method_segments(spec) -> bool:
             return get_method(spec).segments
         except KeyError:
             return False
-    return bool(classes_of(spec)) and (hasattr(spec, "segment") or hasattr(spec, "fuse_and_segment"))
+    from ..methods.runner import as_runner, is_runner
+
+    return is_runner(spec) and as_runner(spec).segments
