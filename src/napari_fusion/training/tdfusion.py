@@ -753,6 +753,9 @@ def _train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict
             sampler.rng.bit_generator.state = json.loads(state["rng"]["numpy"])
             prev = json.loads(state.get("record", "{}"))
             record["resumed_from"] = {"file": str(args.resume), "step": trainer.step, "seconds": prev.get("seconds", 0.0)}
+            # the runs this one continues, oldest first (each with its own command): the whole recipe
+            record["phases"] = [*prev.get("phases", []),
+                                {k: prev.get(k) for k in ("command", "steps", "seconds", "final_losses")}]
         else:
             log(json.dumps({"warning": f"no optimiser state {rp}; resuming weights only"}))
     else:
