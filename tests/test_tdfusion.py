@@ -104,7 +104,8 @@ def test_halo_covers_the_receptive_field():
     net(xa, xb)[0, 0, s // 2, s // 2].backward()
     ys, xs = torch.nonzero((xa.grad.abs() + xb.grad.abs())[0, 0] > 0, as_tuple=True)
     radius = max(s // 2 - int(ys.min()), int(ys.max()) - s // 2, s // 2 - int(xs.min()), int(xs.max()) - s // 2)
-    assert radius == fusion_receptive_radius() == registry.get_method("tdfusion").halo
+    assert radius == fusion_receptive_radius()
+    assert registry.get_method("tdfusion").halo >= fusion_receptive_radius(2, 2, 2) + segmenter_receptive_radius()
     seg = Segmenter(5).eval()
     x = torch.rand(1, 1, 160, 160, requires_grad=True)
     seg(x)[0, :, 83, 85].sum().backward()
@@ -331,8 +332,9 @@ def test_missing_weights_file_names_it(tmp_path):
 def test_methods_are_registered_with_their_outputs():
     td, brats = registry.get_method("tdfusion"), registry.get_method("tdfusion-brats")
     assert td.family == brats.family == "TDFusion" and td.learned and brats.learned
-    assert td.outputs == ("fused",) and brats.outputs == ("fused", "labels")
+    assert td.outputs == brats.outputs == ("fused", "labels")
     assert td.weights == IVIF_WEIGHTS and brats.weights == BRATS_WEIGHTS
+    assert [c.name for c in td.extra["classes"]] == ["background", "person", "bicycle", "car"]
     assert [c.index for c in brats.extra["classes"]] == [0, 1, 2, 3, 4]
 
 
@@ -420,7 +422,36 @@ def test_shipped_ivif_weights_fuse_a_real_pair():
         return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
 
     assert grad(fused) > grad(0.5 * (ir + vi))  # keeps more detail than averaging
-    assert r.meta["training"]["steps"] > 0 and "command" in r.meta["training"]
+    training = r.meta["training"]
+    assert training["steps"] > 0 and "command" in training
+    # trained task-driven: the image-space meta step on the weighted-median loss, a centred loss module
+    assert training["config"]["meta_mode"] == "image" and training["config"]["intensity"] == "l1"
+    assert r.loss_net.centred and r.has_segmenter and [c.name for c in r.classes] == ["background", "person", "bicycle", "car"]
+
+
+@needs_data
+@_weights(IVIF_WEIGHTS)
+def test_shipped_ivif_model_finds_the_person_on_a_real_night_test_pair():
+    """MSRS 00004N (test split): a woman in a long coat walking on the right, bright in the infrared
+    and almost invisible in the visible image; ``detect`` must find her box (IoU >= 0.5)."""
+    import napari_fusion as nf
+    from napari_fusion.boxes import read_yolo
+    from napari_fusion.training.data import pair_split
+
+    root = shared_data_dir() / "ivif" / "MSRS"
+    assert pair_split(root / "ir")["00004N.png"] == "test"
+    truth = [b for b in read_yolo(root / "boxes" / "fusion" / "00004N.txt", (480, 640), n_classes=3) if b.cls == 0]
+    found = [b for b in nf.detect(str(root / "ir" / "00004N.png"), str(root / "vi" / "00004N.png"), "tdfusion", device="cpu")
+             if b.name == "person"]
+
+    def iou(p, t):
+        ix = max(0.0, min(p.x1, t.x1) - max(p.x0, t.x0))
+        iy = max(0.0, min(p.y1, t.y1) - max(p.y0, t.y0))
+        inter = ix * iy
+        return inter / ((p.x1 - p.x0) * (p.y1 - p.y0) + (t.x1 - t.x0) * (t.y1 - t.y0) - inter)
+
+    best = max((iou(p, t) for p in found for t in truth), default=0.0)
+    assert best >= 0.5, f"best person box IoU {best:.2f} ({len(found)} person boxes found)"
 
 
 @needs_data

@@ -469,17 +469,20 @@ def _builder(default_file: str, method: str):
 register_family(FAMILY, from_bundle)
 
 _FUSION_HALO = fusion_receptive_radius()
+#: the shipped ``tdfusion`` file's nets (half-resolution fusion net, 2 joint blocks) and its segmenter
+_IVIF_HALO = fusion_receptive_radius(2, 2, 2) + segmenter_receptive_radius()
 register(
     Method(
         "tdfusion",
-        "TDFusion (CVPR 2025) infrared/visible fusion net; loss module at its neutral start, "
-        "made task-driven by fine-tuning on painted labels",
+        "TDFusion (CVPR 2025) infrared/visible: fusion net trained task-driven (meta-learned loss) with its "
+        "object segmenter (person, bicycle, car) on MSRS boxes; painted labels tune it further",
         FAMILY,
         _builder(IVIF_WEIGHTS, "tdfusion"),
         weights=IVIF_WEIGHTS,
-        outputs=("fused",),
-        halo=_FUSION_HALO,
+        outputs=("fused", "labels"),
+        halo=_IVIF_HALO,
         learned=True,
+        extra={"classes": make_classes(IVIF_CLASSES)},
     )
 )
 

@@ -279,20 +279,23 @@ def fit_head(
     index = [np.searchsorted(values, c) for c in as_class]
     bias = torch.zeros(len(values))
     raised: set[int] = set()
-    for attempt in range(16):
+    for attempt in range(32):
         hit, total, decided = np.zeros(len(values)), np.zeros(len(values)), []
         for p, idx, m, bi in zip(probs, index, masks, bases):
             k = head.decide(p, bias, base=bi).cpu().numpy()
             decided.append(k)
             np.add.at(total, idx[m], 1)
             np.add.at(hit, idx[m][k[m] == idx[m]], 1)
-        losing = [k for k in range(len(values)) if total[k] and hit[k] / total[k] < MIN_STROKE_RECALL]
+        recall = np.where(total > 0, hit / np.maximum(total, 1), 1.0)
+        losing = [k for k in range(len(values)) if total[k] and recall[k] < MIN_STROKE_RECALL]
         if not losing:
             break
-        for k in losing:
-            if head.gate is not None and head.gate[k] > 0:  # trust the user over the model for this class first
-                head.gate[k] = max(0.0, float(head.gate[k]) - 0.2)
-                continue
+        gated = [k for k in losing if head.gate is not None and head.gate[k] > 0]
+        for k in gated:  # trust the user over the model for these classes first
+            head.gate[k] = max(0.0, float(head.gate[k]) - 0.2)
+        if not gated:
+            # raise only the worst class: raising every losing class alike changes nothing between them
+            k = min(losing, key=lambda j: recall[j])
             bias[k] += 0.05 * 2 ** min(attempt, 6)
             raised.add(values[k])
     head.bias = head.bias + bias

@@ -107,6 +107,9 @@ def _with_base_replay(labels, base_labels, background_value, seed) -> np.ndarray
     as_class = np.where(labels == background_value, 0, labels) if background_value is not None else labels
     if float((base_labels[painted] == as_class[painted]).mean()) < 0.5:
         return labels  # a new task: the base's classes mean something else
+    values = np.unique(as_class[painted])
+    if len(values) > 1 and sum(bool((base_labels[painted & (as_class == v)] == v).any()) for v in values) < 2:
+        return labels  # the model gives one painted class to every stroke: nothing of it to keep
     rng = np.random.default_rng(seed)
     pick = ~painted & (rng.random(labels.shape) < REPLAY_FRACTION)
     if background_value is None:

@@ -238,7 +238,9 @@ def finetune_steps(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if lr is not None and not (lr > 0 and np.isfinite(lr)):
         raise ValueError(f"learning rate must be a positive number, got {lr}")
-    family = getattr(runner, "family", None)
+    from ..methods.runner import Runner
+
+    family = runner.family if isinstance(runner, Runner) else getattr(runner, "family", None)
     if family not in LR_NEW_TASK:
         raise TypeError(
             f"fine-tuning needs a TDFusion or MultiTaskVIF model, got {type(runner).__name__}"
