@@ -1,4 +1,4 @@
-"""Why the bi-level loop learned nothing, and what the learned loss module says now.
+"""The signal of TDFusion's meta step, and what the learned loss module says.
 
 Part 1 (signal): on real MSRS train batches (weak box labels), one meta step of TDFusion's loss
 module in each formulation of ``napari_fusion.training.tdfusion.meta_step``:
@@ -151,10 +151,10 @@ def main(argv=None) -> None:
         "# TDFusion's meta step: signal reaching the loss module, and what it learned\n\n"
         f"Measured {environment('cpu')}; model `{path.name}`; `python benchmarks/meta_gradient.py --batches {args.batches}`.\n\n"
         f"## Signal ({args.batches} real MSRS train batches of {args.batch} crops of {args.crop} px, weak box labels)\n\n"
-        "One SGD step of the fusion net (`params`) moves the fused image by about `inner_lr` x its gradient, and each "
-        "pixel's weight reaches the task loss only through the shared parameters: the gradient is small and its "
-        "direction changes from batch to batch (cosine near 0). The image-space step (`image`) gives each pixel's weight "
-        "the task's verdict on moving that pixel towards infrared or visible. Cutting the graph gives exactly 0.\n\n"
+        "`params`: the paper's inner SGD step on the fusion net's parameters; `image`: the inner step on the fused "
+        "image (what the shipped model was trained with). Median norm of the gradient reaching the loss module, how "
+        "consistent its direction is between independent batches (mean pairwise cosine; noise gives ~0), and the "
+        "share of it that survives averaging over the batches. Cutting the bi-level graph must give exactly 0.\n\n"
         + signal
         + "\n\n## Learned infrared weights on held-out pairs\n\n"
         "Columns: infrared, visible (Y), the loss module's infrared weight (red: follow infrared, blue: follow "

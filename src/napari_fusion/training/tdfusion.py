@@ -92,9 +92,8 @@ def meta_step(
 
     ``mode="params"`` (the paper's form): ``theta' = theta - inner_lr * dL_fus(theta, w(phi)) / dtheta``
     with the graph kept; the outer task loss ``T(seg(F_theta'(a, b)), labels)`` is differentiated
-    w.r.t. the loss module's ``phi``. One SGD step of a 50k-parameter net moves the fused image by
-    ~1e-3 and mixes every pixel's weight into every other pixel's change: the signal reaching ``phi``
-    is tiny and mostly noise (``benchmarks/meta_gradient.py``).
+    w.r.t. the loss module's ``phi`` (a second-order pass through the fusion net: 3-4x the cost of
+    the image step on a CPU; its signal is measured in ``benchmarks/meta_gradient.py``).
 
     ``mode="image"``: the inner step is taken on the fused image itself,
     ``F' = F - image_step * g / mean|g|`` with ``g = dL_fus(F, w(phi)) / dF`` (graph kept), i.e. the
