@@ -325,6 +325,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-fusion-bench" / "ivif_task"))
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    ap.add_argument("--only-cached", action="store_true",
+                    help="tables from the runs already in --cache (runs of other processes); missing ones are listed")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -332,6 +334,7 @@ def main(argv=None) -> None:
     split = split_names(root)
     cache = Path(args.cache)
     runs: list[dict] = []
+    missing: list[str] = []
     if "claim" in args.parts:
         data = load_inputs(root, split["train"] + split["test"], cache, args.device, args.inputs)
         for inp in args.inputs:
@@ -340,6 +343,9 @@ def main(argv=None) -> None:
                 f = cache / f"run_{inp}_{tag}_s{seed}_{args.steps}x{args.batch}x{args.crop}_a{args.min_area}_p{PRIOR_STRENGTH}.json"
                 if f.is_file():
                     r = json.loads(f.read_text())
+                elif args.only_cached:
+                    missing.append(f"{inp} seed {seed}")
+                    continue
                 else:
                     r = run_input(root, split, data, inp, seed, args)
                     f.write_text(json.dumps(r))
@@ -356,6 +362,7 @@ def main(argv=None) -> None:
         "predicted labels (score = mean class probability; logits moved half-way to the whole-image class prior, "
         "as the crops were re-balanced), mAP@0.5 by pycocotools; IoU = inner-box pixel IoU "
         "(background, person, car; a 4-pixel ring around each box ignored). Mean ± spread (std) over seeds.\n\n"
+        + (f"Not run (time): {', '.join(missing)}.\n\n" if missing else "")
         + (verdict(runs) + "\n\n" if runs else "")
         + tables(runs, ship, args)
     )

@@ -798,7 +798,8 @@ def test_reset_returns_to_the_shipped_model(ivif, qtbot):
     # Reset: the shipped model again, the tuned layers gone (issue 17: it used to leave the labels)
     w.reset()
     assert w.model.label() == "tdfusion"
-    assert [x.name for x in viewer.layers] == ["ir", "vi", "tdfusion (ir + vi)", "strokes"]
+    # (the shipped tdfusion segments: the Fusion widget's own labels layer stays too)
+    assert [x.name for x in viewer.layers] == ["ir", "vi", "tdfusion (ir + vi)", "tdfusion labels (ir + vi)", "strokes"]
     np.testing.assert_array_equal(fused.data, shipped)
 
 

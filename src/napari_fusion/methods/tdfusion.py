@@ -474,8 +474,7 @@ _IVIF_HALO = fusion_receptive_radius(2, 2, 2) + segmenter_receptive_radius()
 register(
     Method(
         "tdfusion",
-        "TDFusion (CVPR 2025) infrared/visible: fusion net trained task-driven (meta-learned loss) with its "
-        "object segmenter (person, bicycle, car) on MSRS boxes; painted labels tune it further",
+        "TDFusion (CVPR 2025) infrared/visible fusion, task-driven on MSRS object boxes (person, bicycle, car)",
         FAMILY,
         _builder(IVIF_WEIGHTS, "tdfusion"),
         weights=IVIF_WEIGHTS,
