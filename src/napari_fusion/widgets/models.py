@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QStandardItemModel
-from qtpy.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from .layers import is_alive, unwrap
 
@@ -92,6 +92,8 @@ class MethodCombo(QWidget):
         self.combo = QComboBox()
         self.description = QLabel()
         self.description.setWordWrap(True)
+        # a long description wraps to the dock's width instead of widening it
+        self.description.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.description.setStyleSheet("color: palette(mid); font-size: 11px;")
         self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
