@@ -10,7 +10,8 @@ parameters and multiply-accumulates per pixel. The reference row is the authors'
 pair and ~29 s per 480x640 pair (its weights are not part of this project, so it is not rerun here).
 
 Quality: Qabf and VIF (plus the other fusion metrics) of ``gifnet`` next to ``average``,
-``laplacian`` and ``max`` on held-out pairs only: sorted index % 5 == 0 of RoadScene, MSRS,
+``laplacian`` and ``max`` on held-out pairs only (``training.data.pair_split``: MSRS's split.csv test split;
+sorted index % 5 == 0 of RoadScene,
 MRI/CT and MRI/PET (the pairs GIFNet never saw in training), and the four PAN/MS scenes (the
 shipped weights were trained without PAN/MS data). Pairs are
 fused through the engine pipeline (``engine.pipeline.fuse_arrays``: the path of the widget, API and
@@ -196,7 +197,7 @@ def quality_rows(args) -> tuple[list[list], list[list]]:
     runner = load_runner(args.weights, resolve_device(args.device)) if args.weights else "gifnet"
     per_pair: list[list] = []
     for ds in args.datasets:
-        # iter_pairs gives the held-out pairs (sorted index % 5 == 0) of every pair folder and all
+        # iter_pairs gives the held-out pairs (pair_split: MSRS's split.csv, elsewhere sorted index % 5 == 0) of every pair folder and all
         # PAN/MS scenes (the shipped weights were trained on no PAN/MS data)
         held = list(iter_pairs(ds, args.limit))
         for p in held:
@@ -243,7 +244,7 @@ NOTES = """
   baselines run on the same pairs. `max`
   is the per-pixel maximum (a strong baseline for Qabf/VIF on IR/visible and PET, poor in
   appearance: it copies noise and halos); `laplacian` a pyramid fusion; `average` the mean. GIFNet
-  was trained on the other pairs of the same datasets (sorted index % 5 != 0; see
+  was trained on the other pairs of the same datasets (the train split of `pair_split`; see
   `napari_fusion/training/pack.py`) and on no PAN/MS scene.
 """
 
