@@ -29,6 +29,7 @@ N_TREES = 50
 MAX_DEPTH = 10
 MAX_PIXELS_PER_CLASS = 20_000  # painted pixels used per class (a random subset beyond it)
 MIN_STROKE_RECALL = 0.5  # a painted class must win on at least this share of its own strokes
+MAX_ATTEMPTS = 16  # gate and bias adjustments tried
 _TENSORS = ("node_count", "feature", "threshold", "left", "right", "value", "bias")  # + "weight" (optional)
 
 
@@ -58,23 +59,28 @@ class PixelHead:
         p = self.forest.predict_proba(f.reshape(-1, c)).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(p.T)).reshape(1, len(self.values), h, w)
 
+    def scores(self, probs: torch.Tensor) -> torch.Tensor:
+        """(1, K, H, W) probabilities -> the smoothed, prior-corrected class scores (without the bias;
+        a constant bias commutes with the smoothing, so it is added at the decision)."""
+        if self.weight is not None:
+            probs = probs * self.weight.view(1, -1, 1, 1)
+        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
+        if self.smooth > 0:
+            from .features import _blur
+
+            probs = _blur(probs, self.smooth)
+        return probs
+
     def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None, base: np.ndarray | None = None,
-               gate: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, K, H, W) probabilities -> (H, W) output indices (smoothed, with the head's bias).
+               gate: torch.Tensor | None = None, *, scored: bool = False) -> torch.Tensor:
+        """(1, K, H, W) probabilities (``scored``: already :meth:`scores`) -> (H, W) output indices.
 
         ``base``: the output index of a segmenting model's own label at each pixel (-1: none of the
         head's classes). With a ``gate`` the head's answer replaces the model's only where its
         probability beats the model's class by more than the gate (corrections keep what the model
         knows: strokes on a few slices must not repaint the others).
         """
-        if self.weight is not None:
-            probs = probs * self.weight.view(1, -1, 1, 1)
-        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
-        p = probs + (self.bias if bias is None else self.bias + bias).view(1, -1, 1, 1)
-        if self.smooth > 0:
-            from .features import _blur
-
-            p = _blur(p, self.smooth)
+        p = (probs if scored else self.scores(probs)) + (self.bias if bias is None else self.bias + bias).view(1, -1, 1, 1)
         k = p.argmax(1)[0]
         gate = self.gate if gate is None else gate
         if gate is None or base is None:
@@ -221,6 +227,7 @@ def fit_head(
     priors: Mapping[int, float] | None = None,
     gate: float | None = None,
     base_labels: np.ndarray | Sequence[np.ndarray] | None = None,
+    replay: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> PixelHead:
     """Fit a head on the painted pixels (``strokes > 0``) of one or several images.
 
@@ -231,6 +238,9 @@ def fit_head(
     few of background); the forest's probabilities are then corrected by prior / painted share, the
     usual label-shift correction, so a rare class is not painted over every look-alike pixel.
     ``gate`` with ``base_labels`` (a segmenting model's labels of each image): see :meth:`PixelHead.decide`.
+    ``replay``: labels (painted values, 0 = none) of unpainted pixels that join the training pixels
+    (a model's own labels, to keep what it knows) but not the check that each painted class wins on
+    its own strokes.
     """
     from sklearn.ensemble import RandomForestClassifier
 
@@ -241,15 +251,23 @@ def fit_head(
     for i, (f, s) in enumerate(zip(feats, strokes)):
         if f.shape[:2] != s.shape:
             raise ValueError(f"strokes {i} are {s.shape} but their features are {f.shape[:2]}")
-    as_class = [np.where(s == background_value, 0, s) if background_value is not None else s for s in strokes]
+    to_class = lambda s: np.where(s == background_value, 0, s) if background_value is not None else s  # noqa: E731
+    as_class = [to_class(s) for s in strokes]
     masks = [s > 0 for s in strokes]
-    x = np.concatenate([np.asarray(f[m], np.float32) for f, m in zip(feats, masks)])
-    y = np.concatenate([c[m].astype(np.int64) for c, m in zip(as_class, masks)])
-    values = tuple(int(v) for v in np.unique(y))
+    y_painted = np.concatenate([c[m].astype(np.int64) for c, m in zip(as_class, masks)])
+    values = tuple(int(v) for v in np.unique(y_painted))
     if len(values) < 2:
         what = "nothing is painted" if not values else f"only class {values[0]} is painted"
         raise ValueError(f"{what}; paint at least two classes (for example the object and its surroundings)")
-    painted = {str(v): int(c) for v, c in zip(values, np.bincount(np.searchsorted(values, y), minlength=len(values)))}
+    painted = {str(v): int(c) for v, c in zip(values, np.bincount(np.searchsorted(values, y_painted), minlength=len(values)))}
+    if replay is not None:  # the model's own labels join where nothing is painted (only painted classes)
+        replay = [np.asarray(replay)] if isinstance(replay, np.ndarray) else [np.asarray(r) for r in replay]
+        train = [np.where(m, c, np.where(np.isin(to_class(r), values) & (r > 0), to_class(r), -1))
+                 for c, m, r in zip(as_class, masks, replay)]
+    else:
+        train = [np.where(m, c, -1) for c, m in zip(as_class, masks)]
+    x = np.concatenate([np.asarray(f[t >= 0], np.float32) for f, t in zip(feats, train)])
+    y = np.concatenate([t[t >= 0].astype(np.int64) for t in train])
     rng = np.random.default_rng(seed)
     keep = []
     for v in values:  # at most MAX_PIXELS_PER_CLASS pixels of each class
@@ -274,32 +292,45 @@ def fit_head(
     if head.gate is not None:
         bases = [head.base_index(bl) for bl in ([base_labels] if isinstance(base_labels, np.ndarray) else list(base_labels))]
     # every painted class must win on at least half of its own strokes, as the head decides on whole
-    # images (smoothed probabilities): raise any class that does not, until it does
-    probs = [head.probabilities(f) for f in feats]
+    # images (smoothed probabilities): lower the gate of a losing class (trust the user over the
+    # model), else raise the worst class's score by the margin it lacks on its median stroke pixel.
+    # The best state seen is kept: a raise that makes others lose more is never the result.
+    scored = [head.scores(head.probabilities(f)) for f in feats]
     index = [np.searchsorted(values, c) for c in as_class]
     bias = torch.zeros(len(values))
-    raised: set[int] = set()
-    for attempt in range(32):
-        hit, total, decided = np.zeros(len(values)), np.zeros(len(values)), []
-        for p, idx, m, bi in zip(probs, index, masks, bases):
-            k = head.decide(p, bias, base=bi).cpu().numpy()
+    best = None
+    for _attempt in range(MAX_ATTEMPTS):
+        hit, total, decided, deficit = np.zeros(len(values)), np.zeros(len(values)), [], [[] for _ in values]
+        for s, idx, m, bi in zip(scored, index, masks, bases):
+            k = head.decide(s, bias, base=bi, scored=True).cpu().numpy()
             decided.append(k)
             np.add.at(total, idx[m], 1)
             np.add.at(hit, idx[m][k[m] == idx[m]], 1)
+            sc = (s[0] + bias.view(-1, 1, 1)).numpy()[:, m]  # (K, painted)
+            own = sc[idx[m], np.arange(sc.shape[1])]
+            sc[idx[m], np.arange(sc.shape[1])] = -np.inf
+            for j in range(len(values)):
+                deficit[j].append((sc.max(0) - own)[idx[m] == j])
         recall = np.where(total > 0, hit / np.maximum(total, 1), 1.0)
         losing = [k for k in range(len(values)) if total[k] and recall[k] < MIN_STROKE_RECALL]
+        rank = (-len(losing), float(np.minimum(recall, MIN_STROKE_RECALL).sum()), float(hit.sum()))
+        if best is None or rank > best[0]:
+            best = (rank, bias.clone(), None if head.gate is None else head.gate.clone(), decided, hit.sum() / max(total.sum(), 1))
         if not losing:
             break
         gated = [k for k in losing if head.gate is not None and head.gate[k] > 0]
-        for k in gated:  # trust the user over the model for these classes first
+        for k in gated:
             head.gate[k] = max(0.0, float(head.gate[k]) - 0.2)
         if not gated:
-            # raise only the worst class: raising every losing class alike changes nothing between them
             k = min(losing, key=lambda j: recall[j])
-            bias[k] += 0.05 * 2 ** min(attempt, 6)
-            raised.add(values[k])
+            need = float(np.quantile(np.concatenate(deficit[k]), 1.0 - MIN_STROKE_RECALL))
+            bias[k] += max(need, 0.0) + 1e-3
+    _, bias, gate_best, decided, accuracy = best
+    if gate_best is not None:
+        head.gate = gate_best
+    raised = {values[k] for k in range(len(values)) if bias[k] > 0}
     head.bias = head.bias + bias
-    head.info = {"painted_pixels": painted, "stroke_accuracy": round(float(hit.sum() / max(total.sum(), 1)), 4),
+    head.info = {"painted_pixels": painted, "stroke_accuracy": round(float(accuracy), 4),
                  "bias_raised_for": sorted(raised), "trees": int(n_trees), "max_depth": int(max_depth)}
     head.last_decision = [np.asarray(values, np.int32)[k] for k in decided]
     return head

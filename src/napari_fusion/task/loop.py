@@ -91,32 +91,38 @@ def _fit(base, a, b, labels, head_kw, cache=None):
         feats = head_features(a, b, fused, base_labels, values, as_runner(base).device)
         if cache is not None:
             cache.update(fused=fused, base_labels=base_labels, features=feats)
-    train, priors, gate = labels, None, None
+    replay, priors, gate = None, None, None
     if base_labels is not None:
-        train = _with_base_replay(labels, base_labels, head_kw.get("background_value"), head_kw.get("seed", 0))
-        if train is not labels:  # corrections: the model's labels say how common each class is, and
+        replay = _base_replay(labels, base_labels, head_kw.get("background_value"), head_kw.get("seed", 0))
+        if replay is not None:  # corrections: the model's labels say how common each class is, and
             bg = head_kw.get("background_value")  # the head overrides them only where it is clearly surer
-            priors = {int(v): float(np.mean(base_labels == (0 if v == bg else v))) for v in np.unique(labels) if v != 0}
+            classes = {0 if v == bg else int(v) for v in np.unique(labels) if v != 0}
+            # by class (the head's values: class 0 for the background); a painted class the model
+            # never gives has no prior of its own (its painted share stands)
+            priors = {c: share for c in classes if (share := float(np.mean(base_labels == c))) > 0}
             gate = CORRECTIONS_GATE
-    head = fit_head(feats, train, priors=priors, gate=gate, base_labels=base_labels, **head_kw)
+    head = fit_head(feats, labels, replay=replay, priors=priors, gate=gate, base_labels=base_labels, **head_kw)
     return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
 
 
-def _with_base_replay(labels, base_labels, background_value, seed) -> np.ndarray:
+def _base_replay(labels, base_labels, background_value, seed) -> np.ndarray | None:
+    """The model's labels on a random :data:`REPLAY_FRACTION` of the unpainted pixels (in painted
+    values), when the strokes correct the model; None when they paint a new task."""
     painted = labels > 0
     as_class = np.where(labels == background_value, 0, labels) if background_value is not None else labels
     if float((base_labels[painted] == as_class[painted]).mean()) < 0.5:
-        return labels  # a new task: the base's classes mean something else
+        return None  # a new task: the base's classes mean something else
     values = np.unique(as_class[painted])
     if len(values) > 1 and sum(bool((base_labels[painted & (as_class == v)] == v).any()) for v in values) < 2:
-        return labels  # the model gives one painted class to every stroke: nothing of it to keep
+        return None  # the model gives one painted class to every stroke: nothing of it to keep
     rng = np.random.default_rng(seed)
     pick = ~painted & (rng.random(labels.shape) < REPLAY_FRACTION)
     if background_value is None:
         pick &= base_labels > 0  # class 0 has no painted value to stand for it
-    out = labels.copy()
+    out = np.zeros_like(labels)
     out[pick] = np.where(base_labels[pick] == 0, background_value or 0, base_labels[pick])
     return out
+
 
 
 def tune_steps(
