@@ -69,6 +69,7 @@ def _inference(model: Any):
 
 
 REPLAY_FRACTION = 0.02  # unpainted pixels given the base's own labels when the strokes are corrections
+REPLAY_PER_PAINTED = 2.0  # ... but at most this many per painted pixel
 # Corrections: the head's class must beat the model's own by this probability margin to replace it.
 # BraTS (strokes on 3 slices, every 6th other slice): no gate 0.36 whole-tumour Dice, 0.2: 0.44,
 # 0.4: 0.51, 0.6: 0.53, 0.8: 0.51; the model alone 0.51.
@@ -80,7 +81,7 @@ def _fit(base, a, b, labels, head_kw, cache=None):
 
     A segmenting base's labels are features too; when the strokes *correct* it (it already labels at
     least half of the painted pixels right, in the painted values' terms), its labels on a random
-    :data:`REPLAY_FRACTION` of the unpainted pixels join the strokes, so the head keeps what the base
+    :data:`REPLAY_FRACTION` of the unpainted pixels (capped by :data:`REPLAY_PER_PAINTED`) join the strokes, so the head keeps what the base
     knows where nothing was painted. ``cache``: see :func:`tune_steps`.
     """
     if cache and "features" in cache:
@@ -100,7 +101,10 @@ def _fit(base, a, b, labels, head_kw, cache=None):
             # by class (the head's values: class 0 for the background); a painted class the model
             # never gives has no prior of its own (its painted share stands)
             priors = {c: share for c in classes if (share := float(np.mean(base_labels == c))) > 0}
-            gate = CORRECTIONS_GATE
+            # the gate of a class scales with how often the model gives that class on its strokes:
+            # where the user's strokes say the model is wrong (cars it calls background), the user wins
+            as_class = np.where(labels == bg, 0, labels) if bg is not None else labels
+            gate = {c: CORRECTIONS_GATE * float(np.mean(base_labels[as_class == c] == c)) for c in classes}
     head = fit_head(feats, labels, replay=replay, priors=priors, gate=gate, base_labels=base_labels, **head_kw)
     return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
 
@@ -116,7 +120,10 @@ def _base_replay(labels, base_labels, background_value, seed) -> np.ndarray | No
     if len(values) > 1 and sum(bool((base_labels[painted & (as_class == v)] == v).any()) for v in values) < 2:
         return None  # the model gives one painted class to every stroke: nothing of it to keep
     rng = np.random.default_rng(seed)
-    pick = ~painted & (rng.random(labels.shape) < REPLAY_FRACTION)
+    # REPLAY_FRACTION of the unpainted pixels, at most REPLAY_PER_PAINTED per painted pixel (a few
+    # strokes on a large image must not be outweighed by the model's labels, nor slow the fit)
+    share = min(REPLAY_FRACTION, REPLAY_PER_PAINTED * painted.sum() / max((~painted).sum(), 1))
+    pick = ~painted & (rng.random(labels.shape) < share)
     if background_value is None:
         pick &= base_labels > 0  # class 0 has no painted value to stand for it
     out = np.zeros_like(labels)
