@@ -119,6 +119,33 @@ def test_transient_failures_are_retried_bad_input_is_not(tmp_path):
     assert "after 2 attempts" in rep.summary()
 
 
+_DASK_TRIES: dict[str, int] = {}  # module level: the in-process Dask workers see the same dict
+
+
+def _flaky_on_dask(job):
+    _DASK_TRIES[job.name] = _DASK_TRIES.get(job.name, 0) + 1
+    if job.name in ("io", "disk") and (job.name == "disk" or _DASK_TRIES[job.name] < 3):
+        raise OSError("disk hiccup")
+    if job.name == "bad":
+        raise ValueError("source B is empty")
+    return PairOutcome(job.name, "done", job.out)
+
+
+def test_dask_retries_transient_failures_only(tmp_path):
+    """On Dask the retries are Dask's own (``Client.submit(retries=)``); bad input is never retried
+    and the attempt counts match the in-process run's."""
+    pytest.importorskip("distributed")
+    _DASK_TRIES.clear()
+    jobs = [BatchJob(n, tmp_path / "a", tmp_path / "b", tmp_path / n) for n in ("io", "bad", "ok", "disk")]
+    rep = run_jobs(jobs, _flaky_on_dask, workers=1, retries=2, processes=False)
+    assert [o.name for o in rep.outcomes] == ["io", "bad", "ok", "disk"]
+    assert [o.status for o in rep.outcomes] == ["done", "failed", "done", "failed"]
+    assert _DASK_TRIES == {"io": 3, "bad": 1, "ok": 1, "disk": 3}
+    assert [o.attempts for o in rep.outcomes] == [3, 1, 1, 3]
+    assert rep.outcomes[1].error == "source B is empty" and "disk hiccup" in rep.outcomes[3].error
+    assert "after 3 attempts" in rep.summary()
+
+
 def test_pair_layout_folder(tmp_path, capsys):
     import imageio.v3 as iio
 

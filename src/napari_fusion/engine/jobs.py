@@ -2,8 +2,8 @@
 
 A job that fails (unreadable file, size mismatch, NaN, missing partner) becomes a "failed" outcome
 with its message and the batch goes on. Transient failures (out of memory, I/O, CUDA errors) are
-retried up to ``retries`` times; bad-input errors (ValueError, missing files) are not, since they
-would fail the same way again. The same job function runs in-process, on a local
+retried up to ``retries`` times (on Dask by Dask's own ``Client.submit(..., retries=)``); bad-input
+errors (ValueError, missing files) are not, since they would fail the same way again. The same job function runs in-process, on a local
 ``dask.distributed`` cluster (``workers=N``) or on a remote scheduler, so the files written are
 byte-identical whichever way it ran. What the jobs are (folders of pairs) is :mod:`.batch`.
 """
@@ -206,7 +206,7 @@ def _warm_worker() -> int:
 
 
 def _guarded(fn: Callable[[BatchJob], PairOutcome], job: BatchJob) -> PairOutcome:
-    """Run a job on a worker: bad input becomes a failed outcome; transient errors raise (to be retried)."""
+    """Run a job on a worker: bad input becomes a failed outcome; transient errors raise (Dask retries them)."""
     t0 = time.perf_counter()
     try:
         return fn(job)
@@ -214,6 +214,11 @@ def _guarded(fn: Callable[[BatchJob], PairOutcome], job: BatchJob) -> PairOutcom
         if is_retryable(err):
             raise
         return PairOutcome(job.name, "failed", job.out, describe_error(err), time.perf_counter() - t0)
+
+
+def _retries_left(dask_scheduler: Any, keys: Sequence[str]) -> dict[str, int]:
+    """On the scheduler: how many of its ``retries`` each task has not used (``TaskState.retries``)."""
+    return {k: dask_scheduler.tasks[k].retries for k in keys if k in dask_scheduler.tasks}
 
 
 def _run_dask(
@@ -227,6 +232,14 @@ def _run_dask(
     progress: Callable[[PairOutcome], Any] | None,
     startup: list[float] | None = None,
 ) -> list[PairOutcome]:
+    """Each job as one Dask task with Dask's own ``retries``: only transient errors reach Dask (bad
+    input is returned by :func:`_guarded` as a failed outcome), so only those are tried again.
+
+    Dask does not hand the number of tries to the client. ``attempts`` is read from the scheduler
+    afterwards (``retries`` minus the retries the task has left, plus one) while the futures are
+    still held; where the scheduler refuses that call (``distributed.scheduler.pickle`` off) a pair
+    that failed after all its retries counts ``retries + 1`` and every other outcome counts 1.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     t0 = time.perf_counter()
@@ -246,31 +259,29 @@ def _run_dask(
         client.run(_warm_worker)  # imports and the registry once per worker, before the clock of the jobs
         if startup is not None:
             startup[0] = time.perf_counter() - t0
-        futures = {}
-        submitted = []
-        for i, job in enumerate(jobs):
-            fut = client.submit(_guarded, fn, job, key=f"napari-fusion-{tag}-{i}-1", pure=False)
-            futures[fut.key] = (i, 1)
-            submitted.append(fut)
+        futures = [
+            client.submit(_guarded, fn, job, key=f"napari-fusion-{tag}-{i}", pure=False, retries=retries)
+            for i, job in enumerate(jobs)
+        ]
+        index = {fut.key: i for i, fut in enumerate(futures)}
         results: list[PairOutcome | None] = [None] * len(jobs)
-        ac = as_completed(submitted)
-        for fut in ac:
-            i, attempt = futures[fut.key]
+        for fut in as_completed(futures):
+            i = index[fut.key]
             job = jobs[i]
-            if fut.status == "error":
-                err = fut.exception()
-                if attempt <= retries and is_retryable(err):
-                    new = client.submit(_guarded, fn, job, key=f"napari-fusion-{tag}-{i}-{attempt + 1}", pure=False)
-                    futures[new.key] = (i, attempt + 1)
-                    ac.add(new)
-                    continue
-                o = PairOutcome(job.name, "failed", job.out, describe_error(err), 0.0, attempt)
+            if fut.status == "error":  # a transient error, after all its retries
+                o = PairOutcome(job.name, "failed", job.out, describe_error(fut.exception()), 0.0, retries + 1)
             else:
                 o = fut.result()
-                o.attempts = attempt
             results[i] = o
             if progress is not None:
                 progress(o)
+        try:
+            left = client.run_on_scheduler(_retries_left, keys=list(index))
+        except Exception:  # noqa: BLE001 - the count is a report, not worth failing the batch for
+            left = {}
+        for key, i in index.items():
+            if key in left and results[i] is not None:
+                results[i].attempts = retries - int(left[key]) + 1
         return [r for r in results if r is not None]
     finally:
         client.close()
