@@ -73,7 +73,7 @@ class Dataset:
 def held_out_names(folder: Path) -> list[str]:
     """Held-out test pairs of a pair folder (its side A), as training leaves them out
     (``napari_fusion.training.data.pair_split``): MSRS's fixed ``split.csv``, elsewhere every 5th
-    sorted name (index % 5 == 0). ``training.pack.training_names`` gives the rest."""
+    sorted name (index % 5 == 0). ``training.data.training_names`` gives the rest."""
     from napari_fusion.training.data import pair_split
 
     return [n for n, part in pair_split(folder).items() if part == "test"]

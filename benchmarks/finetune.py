@@ -36,7 +36,8 @@ import torch
 
 from napari_fusion.methods import registry
 from napari_fusion.metrics import confusion_matrix, per_class_scores
-from napari_fusion.training.data import BRATS_CLASSES, _read_gray_unit, load_brats_split, shared_data_dir
+from napari_fusion.methods.classes import BRATS_CLASSES
+from napari_fusion.training.data import _read_gray_unit, load_brats_split, shared_data_dir
 from napari_fusion.training.finetune import _prepare_segmenter, finetune_steps
 
 ROOT = Path(__file__).resolve().parents[1]

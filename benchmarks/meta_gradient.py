@@ -58,7 +58,8 @@ def consistency(gs: list[np.ndarray]) -> float:
 
 
 def part_signal(runner, args) -> str:
-    from napari_fusion.training.tdfusion import PairSampler, load_training_data
+    from napari_fusion.training.data import load_training_data
+    from napari_fusion.training.samplers import PairSampler
 
     data = load_training_data("ivif", "auto")
     keep = [i for i, lab in enumerate(data["labels"]) if lab is not None]
@@ -94,7 +95,7 @@ def part_figure(runner, args) -> str:
     from napari_fusion.color import rgb_to_ycbcr
     from napari_fusion.io.atomic import atomic_path
     from napari_fusion.training.data import pair_split, shared_data_dir
-    from napari_fusion.training.tdfusion import box_labels
+    from napari_fusion.training.data import box_labels
 
     root = shared_data_dir() / "ivif" / "MSRS"
     test = sorted(n for n, p in pair_split(root / "ir").items() if p == "test")

@@ -154,7 +154,7 @@ def _labels(runner, a, b) -> np.ndarray:
 def _finetune_brats(mt, a, b, truth, case, steps: int, lr: float) -> tuple[list, list, str]:
     """Strokes (~1 % of pixels) on the test slice with the most tumour -> Dice on the other test slices."""
     from napari_fusion.metrics import segmentation_metrics
-    from napari_fusion.training.data import BRATS_CLASSES
+    from napari_fusion.methods.classes import BRATS_CLASSES
 
     names = [c[1] for c in BRATS_CLASSES]
     k = int(np.argmax((truth > 0).reshape(len(truth), -1).sum(1)))
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from _brats import case_index, run_split, test_cases
     from napari_fusion.methods.classical import fuse_average, fuse_max
     from napari_fusion.metrics import fusion_metrics, segmentation_metrics
-    from napari_fusion.training.data import BRATS_CLASSES
+    from napari_fusion.methods.classes import BRATS_CLASSES
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

@@ -35,9 +35,10 @@ from napari_fusion.methods import registry
 from napari_fusion.methods._torch import resolve_torch_device
 from napari_fusion.methods.segmenter import Segmenter
 from napari_fusion.metrics import confusion_matrix, per_class_scores
-from napari_fusion.training.data import BRATS_CLASSES
+from napari_fusion.methods.classes import BRATS_CLASSES
 from napari_fusion.training.losses import class_weights_from_counts
-from napari_fusion.training.tdfusion import BratsSampler, segmenter_step
+from napari_fusion.training.samplers import BratsSampler
+from napari_fusion.training.tdfusion import segmenter_step
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [c[1] for c in BRATS_CLASSES]

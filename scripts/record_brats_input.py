@@ -1,7 +1,7 @@
 """Record in the shipped BraTS model files how their training slices were made (run once, 2026-11-30).
 
 The files were trained before the metadata carried it: percentiles (0.5, 99.5) inside the brain of
-each volume, 0 outside (``training.data.BRATS_INPUT_INTENSITY``). No orientation is recorded: the
+each volume, 0 outside (``methods.classes.BRATS_INPUT_INTENSITY``). No orientation is recorded: the
 loader then put the posterior at the top (it now uses the reader's display order), but both models
 were trained with flips and 90-degree rotations, and reversing the rows changed multitaskvif's
 whole-tumour Dice on the test slices by less than 0.01 (0.883 vs 0.875). An earlier version of this
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from napari_fusion.methods.registry import WEIGHTS_DIR
 from napari_fusion.methods.store import load_bundle, save_bundle
-from napari_fusion.training.data import BRATS_INPUT_INTENSITY
+from napari_fusion.methods.classes import BRATS_INPUT_INTENSITY
 
 for name in ("multitaskvif_brats.safetensors", "tdfusion_brats.safetensors"):
     path = WEIGHTS_DIR / name

@@ -196,9 +196,9 @@ def test_multitaskvif_runners_are_dispatched(monkeypatch):
         yield FinetuneProgress(1, steps, 0.5, 0.1)
         return "tuned"
 
-    mod = types.ModuleType("napari_fusion.training.multitask")
+    mod = types.ModuleType("napari_fusion.training.finetune_multitask")
     mod.finetune_multitask_steps = fake_steps
-    monkeypatch.setitem(sys.modules, "napari_fusion.training.multitask", mod)
+    monkeypatch.setitem(sys.modules, "napari_fusion.training.finetune_multitask", mod)
     runner = types.SimpleNamespace(family="MultiTaskVIF")
     a, b, lab = _two_region_pair()
     assert finetune(runner, a, b, lab, steps=7, lr=5e-4) == "tuned"

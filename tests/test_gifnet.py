@@ -12,17 +12,8 @@ from napari_fusion.methods.gifnet import FAMILY, WEIGHTS, GIFNet, GIFNetRunner, 
 from napari_fusion.methods.store import ModelFileError, read_metadata, save_bundle
 from napari_fusion.training import synth
 from napari_fusion.training.data import pack_dataset, shared_data_dir
-from napari_fusion.training.gifnet import (
-    TASKS,
-    GIFNetData,
-    GIFNetTrainer,
-    TaskSampler,
-    load_gifnet_data,
-    lr_at,
-    main,
-    new_runner,
-    ssim,
-)
+from napari_fusion.training.gifnet import GIFNetTrainer, lr_at, main, new_runner, ssim
+from napari_fusion.training.gifnet_data import TASKS, GIFNetData, TaskSampler, load_gifnet_data
 
 torch.set_num_threads(1)  # shared 2-core machine: one thread per test process
 needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")

@@ -27,7 +27,8 @@ from napari_fusion.metrics import (
     vif,
 )
 from napari_fusion.metrics.fusion import _vif_term
-from napari_fusion.training.data import BRATS_CLASSES, shared_data_dir
+from napari_fusion.methods.classes import BRATS_CLASSES
+from napari_fusion.training.data import shared_data_dir
 
 RNG = np.random.default_rng(0)
 
@@ -346,7 +347,7 @@ def test_markdown_table_and_csv_helpers(tmp_path):
 
 def test_pair_split_uses_a_fixed_split_file_or_every_fifth_name(tmp_path):
     from napari_fusion.training.data import pair_split
-    from napari_fusion.training.pack import training_names
+    from napari_fusion.training.data import training_names
 
     plain = tmp_path / "plain" / "ir"
     plain.mkdir(parents=True)
@@ -367,7 +368,7 @@ def test_benchmark_test_pairs_are_the_pairs_training_holds_out():
     """Benchmark pairs: MSRS's split.csv test split, elsewhere sorted index % 5 == 0; never training names."""
     import csv
 
-    from napari_fusion.training.pack import training_names
+    from napari_fusion.training.data import training_names
 
     common = _benchmark_module("_common")
     root = shared_data_dir()

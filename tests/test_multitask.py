@@ -18,16 +18,16 @@ from napari_fusion.methods.multitask import (
     new_runner,
 )
 from napari_fusion.methods.store import ModelFileError, save_bundle
-from napari_fusion.training.data import BRATS_CLASSES, pack_dataset, shared_data_dir
+from napari_fusion.methods.classes import BRATS_CLASSES
+from napari_fusion.training.data import pack_dataset, shared_data_dir
 from napari_fusion.training.losses import IGNORE_INDEX
+from napari_fusion.training.evaluate import dice_on_slices
+from napari_fusion.training.finetune_multitask import finetune_multitask_steps, painted_loss
 from napari_fusion.training.multitask import (
     MultiTaskConfig,
     MultiTaskTrainer,
-    dice_on_slices,
-    finetune_multitask_steps,
     joint_loss,
     main,
-    painted_loss,
     segmentation_loss,
     soft_dice_loss,
 )
@@ -238,7 +238,7 @@ def test_learning_rate_warms_up_and_decays_by_steps_or_by_the_time_budget(runner
 # ---------------------------------------------------------------------------------- training on BraTS
 @needs_data
 def test_a_joint_training_step_lowers_both_losses_on_real_brats_slices(brats_train_case):
-    from napari_fusion.training.tdfusion import BratsSampler
+    from napari_fusion.training.samplers import BratsSampler
 
     d = brats_train_case
     a, b, lab = BratsSampler(d["a"], d["b"], d["labels"], crop=64, seed=0, tumour_fraction=1.0).batch(4)

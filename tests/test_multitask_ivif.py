@@ -13,7 +13,7 @@ import napari_fusion as nf
 from napari_fusion.boxes import read_yolo
 from napari_fusion.methods import registry
 from napari_fusion.methods.multitask import IVIF_WEIGHTS, multitask_receptive_radius
-from napari_fusion.methods.tdfusion import IVIF_CLASSES
+from napari_fusion.methods.classes import IVIF_CLASSES
 from napari_fusion.training.data import pack_dataset, pair_split, shared_data_dir
 from napari_fusion.training.losses import IGNORE_INDEX, class_weights_from_counts
 from napari_fusion.training.multitask import apply_prior_adjustment, main, prior_adjustment, segmentation_loss

@@ -19,14 +19,13 @@ from napari_fusion.methods.tdfusion import (
     fusion_receptive_radius,
     make_classes,
 )
-from napari_fusion.training.data import BRATS_CLASSES, shared_data_dir
+from napari_fusion.methods.classes import BRATS_CLASSES
+from napari_fusion.training.data import load_training_data, shared_data_dir
 from napari_fusion.training.losses import IGNORE_INDEX, fusion_loss, task_loss
+from napari_fusion.training.samplers import BratsSampler, PairSampler
 from napari_fusion.training.tdfusion import (
-    BratsSampler,
-    PairSampler,
     TDFusionTrainer,
     TrainConfig,
-    load_training_data,
     main,
     meta_step,
     new_runner,
@@ -603,7 +602,7 @@ def test_pair_sampler_with_box_labels_centres_crops_on_objects():
 def test_meta_step_gives_the_loss_module_a_real_signal_on_msrs():
     """On a real MSRS batch with its box labels, the image-space meta step reaches the loss module
     with a gradient that is not negligible (and exactly nothing when the bi-level graph is cut)."""
-    from napari_fusion.training.tdfusion import box_labels
+    from napari_fusion.training.data import box_labels
     from napari_fusion.training.data import _read_gray_unit
 
     root = shared_data_dir() / "ivif" / "MSRS"

@@ -210,7 +210,7 @@ def _default_color(index: int) -> str:
 
 def brats_classes() -> tuple[ClassInfo, ...]:
     """BraTS tumour classes (0 background, 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing)."""
-    from ..training.data import BRATS_CLASSES
+    from .classes import BRATS_CLASSES
 
     return _make_classes(BRATS_CLASSES)
 
@@ -360,7 +360,7 @@ def new_runner(
 
 def ivif_classes() -> tuple[ClassInfo, ...]:
     """Infrared/visible object classes (0 background, 1 person, 2 bicycle, 3 car; TDFusion's table)."""
-    from .tdfusion import IVIF_CLASSES
+    from .classes import IVIF_CLASSES
 
     return _make_classes(IVIF_CLASSES)
 

@@ -29,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ._torch import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
+from .classes import BRATS_CLASSES, IVIF_CLASSES
 from .registry import WEIGHTS_DIR, ClassInfo, Method, register, register_family
 from .segmenter import ChannelNorm, Segmenter, segmenter_receptive_radius
 
@@ -45,8 +46,6 @@ __all__ = [
 ]
 
 FAMILY = "TDFusion"
-#: the infrared/visible object classes of ``tdfusion`` (MSRS boxes: person, bicycle, car; label = id + 1)
-IVIF_CLASSES = ((0, "background", "#000000"), (1, "person", "#e6194b"), (2, "bicycle", "#ffe119"), (3, "car", "#4363d8"))
 IVIF_WEIGHTS = "tdfusion_ivif.safetensors"
 BRATS_WEIGHTS = "tdfusion_brats.safetensors"
 
@@ -486,12 +485,6 @@ register(
 )
 
 
-def _brats_classes() -> tuple[ClassInfo, ...]:
-    from ..training.data import BRATS_CLASSES
-
-    return make_classes(BRATS_CLASSES)
-
-
 register(
     Method(
         "tdfusion-brats",
@@ -502,6 +495,6 @@ register(
         outputs=("fused", "labels"),
         halo=_FUSION_HALO + segmenter_receptive_radius(),
         learned=True,
-        extra={"classes": _brats_classes()},
+        extra={"classes": make_classes(BRATS_CLASSES)},
     )
 )

@@ -70,7 +70,7 @@ def _class_name(names: Any, i: int) -> str:
         return str(i)
     item = names[i]
     if isinstance(item, (tuple, list)) and len(item) >= 2 and isinstance(item[1], str):
-        return item[1]  # (index, name, colour) rows such as training.data.BRATS_CLASSES
+        return item[1]  # (index, name, colour) rows such as methods.classes.BRATS_CLASSES
     return str(getattr(item, "name", item))
 
 

@@ -11,31 +11,24 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BRATS_CLASSES",
-    "BRATS_INPUT_INTENSITY",
     "shared_data_dir",
     "pair_split",
+    "training_names",
     "load_brats_case",
     "load_brats_split",
+    "load_brats_training",
     "load_pair_folder",
+    "load_training_data",
+    "box_labels",
+    "BOX_IGNORE_RING",
+    "unit_to_u8",
     "pack_dataset",
     "load_packed",
     "random_crops",
 ]
 
-BRATS_CLASSES = (
-    (0, "background", "#000000"),
-    (1, "necrosis", "#e6194b"),
-    (2, "oedema", "#3cb44b"),
-    (3, "non-enhancing tumour", "#4363d8"),
-    (4, "enhancing tumour", "#ffe119"),
-)
-
-
-#: How the BraTS training slices reach a model, recorded in every BraTS model's metadata and applied
-#: by the engine to a user's data: percentiles (0.5, 99.5) inside the brain of each volume, 0 outside
-#: (the brain = every voxel but the constant background of these skull-stripped volumes).
-BRATS_INPUT_INTENSITY = {"percentiles": [0.5, 99.5], "foreground": "not-background", "min_background": 0.05}
+#: pixels just outside a box that the task loss skips (box edges are where a box label is least sure)
+BOX_IGNORE_RING = 4
 
 
 def shared_data_dir() -> Path | None:
@@ -67,6 +60,17 @@ def pair_split(folder: str | Path) -> dict[str, str]:
             given = {r[0].strip(): r[1].strip() for r in csv.reader(fh) if len(r) == 2 and r[1].strip() in ("train", "test")}
         return {n: given[n] for n in names if n in given}
     return {n: "test" if i % 5 == 0 else "train" for i, n in enumerate(names)}
+
+
+def training_names(folder: Path) -> list[str]:
+    """Sorted file names of a pair folder that are used for training (:func:`pair_split`:
+    MSRS's ``split.csv``, elsewhere sorted index % 5 != 0)."""
+    return [n for n, part in pair_split(folder).items() if part == "train"]
+
+
+def unit_to_u8(x: np.ndarray) -> np.ndarray:
+    """A unit image ([0, 1]) as uint8 (rounded)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def _unit_in_mask(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -107,6 +111,16 @@ def load_brats_split(split: str, root: str | Path | None = None, min_brain: floa
     out = {k: np.concatenate([p[k] for p in parts]) for k in ("a", "b", "labels", "z")}
     out["case"] = np.concatenate([np.full(len(p["z"]), i) for i, p in enumerate(parts)])
     return out
+
+
+def load_brats_training(root: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The BraTS train + validation slices (the test cases are held out): ``a``, ``b`` uint8, ``labels`` int64."""
+    tr, va = load_brats_split("train", root=root), load_brats_split("validation", root=root)
+    return {
+        "a": unit_to_u8(np.concatenate([tr["a"], va["a"]])),
+        "b": unit_to_u8(np.concatenate([tr["b"], va["b"]])),
+        "labels": np.concatenate([tr["labels"], va["labels"]]).astype(np.int64),
+    }
 
 
 def _read_gray_unit(path: Path) -> np.ndarray:
@@ -162,3 +176,92 @@ def load_packed(path: str | Path) -> dict[str, np.ndarray]:
     """Arrays of a packed ``.npz`` (no pickled objects allowed)."""
     with np.load(str(path), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def box_labels(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """Weak int64 labels from a YOLO box file (0 background, 1 person, 2 bicycle, 3 car; a ring of
+    ``BOX_IGNORE_RING`` pixels around each box ``IGNORE_INDEX``); None when the file does not exist."""
+    from ..boxes import read_yolo, weak_labels
+    from ..methods.classes import IVIF_CLASSES
+    from .losses import IGNORE_INDEX
+
+    if not path.is_file():
+        return None
+    boxes = read_yolo(path, shape, n_classes=len(IVIF_CLASSES) - 1)
+    return weak_labels(boxes, shape, ignore_ring=BOX_IGNORE_RING, ignore_value=IGNORE_INDEX, dtype=np.int64)
+
+
+def load_training_data(task: str, data: str | Path = "auto") -> dict:
+    """Training arrays for ``task`` ('brats' | 'ivif') from ``../shared/data`` (``auto``) or a packed npz.
+
+    brats: ``{"a", "b", "labels"}`` (N, H, W), train + validation cases (the test cases are held out).
+    ivif: ``{"pairs": [(a, b), ...]}`` uint8, MSRS + RoadScene training files (:func:`pair_split`), with
+    ``"labels"`` (weak labels of the MSRS boxes, None for pairs without) when there are any.
+    ``data`` may also be a folder: for brats a BraTS root with ``train/`` and ``validation/`` cases, for
+    ivif a pair folder (``ir/`` + ``vi/``, or any two sub-folders with files of the same names), all used.
+    """
+    if task not in ("brats", "ivif"):
+        raise ValueError(f"unknown task {task!r}; expected 'brats' or 'ivif'")
+    if str(data) != "auto" and Path(data).is_dir():
+        return _load_folder(task, Path(data))
+    if str(data) != "auto":
+        return _load_packed_task(task, Path(data))
+    root = shared_data_dir()
+    if root is None:
+        raise FileNotFoundError("no ../shared/data found for --data auto; set NAPARI_FUSION_DATA or pass a packed .npz")
+    if task == "brats":
+        return load_brats_training() | {"source": f"{root}/labeled/BraTS2015_deepmedic train+validation"}
+    pairs, labels = [], []
+    for sub in ("MSRS", "RoadScene"):
+        fa, fb = root / "ivif" / sub / "ir", root / "ivif" / sub / "vi"
+        if not fa.is_dir():
+            raise FileNotFoundError(f"training folder {fa} does not exist")
+        names = [n for n in training_names(fa) if (fb / n).exists()]
+        if not names:
+            raise FileNotFoundError(f"no training pairs in {fa} and {fb}")
+        for n in names:
+            a, b = unit_to_u8(_read_gray_unit(fa / n)), unit_to_u8(_read_gray_unit(fb / n))
+            pairs.append((a, b))
+            labels.append(box_labels(fa.parent / "boxes" / "fusion" / (Path(n).stem + ".txt"), a.shape))
+    n_lab = sum(x is not None for x in labels)
+    out = {"pairs": pairs, "source": f"{root}/ivif MSRS+RoadScene training split ({len(pairs)} pairs, {n_lab} with MSRS boxes)"}
+    if n_lab:
+        out["labels"] = labels
+    return out
+
+
+def _load_packed_task(task: str, path: Path) -> dict:
+    """:func:`load_training_data` from a packed ``.npz`` (``a``, ``b``, ``labels`` or ``a_i``, ``b_i``, ``l_i``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist (expected 'auto', a packed .npz or a folder)")
+    z = load_packed(path)
+    if task == "brats":
+        missing = {"a", "b", "labels"} - set(z)
+        if missing:
+            raise ValueError(f"{path} lacks BraTS arrays {sorted(missing)} (has {sorted(z)})")
+        return {"a": z["a"], "b": z["b"], "labels": z["labels"].astype(np.int64), "source": str(path)}
+    n = sum(1 for k in z if k.startswith("a_"))
+    if n == 0:
+        raise ValueError(f"{path} holds no image pairs (expected keys a_0, b_0, a_1, ...; has {sorted(z)[:6]})")
+    out = {"pairs": [(z[f"a_{i}"], z[f"b_{i}"]) for i in range(n)], "source": str(path)}
+    if any(f"l_{i}" in z for i in range(n)):  # box labels packed beside some pairs
+        out["labels"] = [z[f"l_{i}"].astype(np.int64) if f"l_{i}" in z else None for i in range(n)]
+    return out
+
+
+def _load_folder(task: str, folder: Path) -> dict:
+    """Training data from a folder given on the command line (clear errors when it is empty)."""
+    if task == "brats":
+        return load_brats_training(folder) | {"source": str(folder)}
+    subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    named = {p.name.lower(): p for p in subs}
+    if "ir" in named and "vi" in named:
+        fa, fb = named["ir"], named["vi"]
+    elif len(subs) == 2:
+        fa, fb = subs
+    else:
+        raise FileNotFoundError(
+            f"training folder {folder} holds no pair sub-folders (expected ir/ and vi/, or two folders of same-named images)"
+        )
+    pairs = load_pair_folder(fa, fb)  # FileNotFoundError naming both folders when empty
+    return {"pairs": [(unit_to_u8(x), unit_to_u8(y)) for x, y in pairs], "source": f"{folder} ({len(pairs)} pairs)"}

@@ -18,18 +18,18 @@ The loop is TDFusion's bi-level training on crops around the painted pixels (see
 :mod:`.tdfusion`): the loss generation module is meta-learned from the painted-pixel cross-entropy,
 the fusion net follows the learned loss, the segmenter learns the painted pixels. The model given is
 never modified: a new runner is returned. MultiTaskVIF models are handed to
-``napari_fusion.training.multitask.finetune_multitask_steps``.
+``napari_fusion.training.finetune_multitask.finetune_multitask_steps``.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .losses import IGNORE_INDEX, class_weights_from_counts, task_loss
+from .painted import FinetuneProgress, check_sparse_labels, class_names_for, painted_targets
 
 SEGMENTER_MAX_LR = 1e-3  # fine-tuning never moves the segmenter faster than this (see _finetune_tdfusion)
 # Learning rates chosen when none is given (docs/results/finetune.md): a model that already labels
@@ -58,74 +58,13 @@ __all__ = [
 ]
 
 
-@dataclass
-class FinetuneProgress:
-    """Yielded after every fine-tuning step (for progress bars and a live loss readout)."""
-
-    step: int
-    steps: int
-    task_loss: float
-    fusion_loss: float
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-    model: Any = None  # the copy being trained (between steps: show its fused image and labels so far)
-
-
-def check_sparse_labels(sparse_labels, shape: tuple[int, ...], name: str = "painted labels") -> np.ndarray:
-    """Validate painted labels against the sources' shape; returns them as int64.
-
-    Errors: other shape, NaN/inf, non-integer or negative values, nothing painted.
-    """
-    lab = np.asarray(sparse_labels)
-    if lab.shape != tuple(shape):
-        raise ValueError(
-            f"{name} are {'x'.join(map(str, lab.shape)) or 'scalar'} but the sources are "
-            f"{'x'.join(map(str, shape))}; paint the labels on the fused image's grid"
-        )
-    if lab.dtype == np.bool_:
-        lab = lab.astype(np.int64)
-    if np.issubdtype(lab.dtype, np.floating):
-        if not np.all(np.isfinite(lab)):
-            raise ValueError(f"{name} contain NaN/inf values; labels must be whole numbers (0 = unpainted)")
-        if not np.all(lab == np.round(lab)):
-            raise ValueError(f"{name} contain non-integer values; labels must be whole numbers (0 = unpainted)")
-    elif not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"{name} have unsupported dtype {lab.dtype}; expected integer labels")
-    lab = lab.astype(np.int64)
-    if lab.min() < 0:
-        raise ValueError(f"{name} contain negative values (min {lab.min()}); 0 = unpainted, 1.. = classes")
-    if not np.any(lab):
-        raise ValueError(f"{name} are empty: nothing is painted (all 0); paint a few strokes of at least two classes")
-    return lab
-
-
-def painted_targets(labels: np.ndarray, background_value: int | None = None) -> np.ndarray:
-    """Painted values -> training targets: 0 -> ignored, ``background_value`` -> class 0, v -> v."""
-    t = labels.astype(np.int64).copy()
-    t[labels == 0] = IGNORE_INDEX
-    if background_value is not None:
-        if int(background_value) <= 0:
-            raise ValueError(f"background_value must be a painted value > 0, got {background_value}")
-        t[labels == int(background_value)] = 0
-    return t
-
-
-def _class_names(class_names, values) -> dict[int, str]:
-    if class_names is None:
-        return {}
-    if isinstance(class_names, Mapping):
-        return {int(k): str(v) for k, v in class_names.items()}
-    names = list(class_names)
-    return {int(v): names[int(v)] for v in values if 0 <= int(v) < len(names)}
-
-
 def _prepare_segmenter(runner, present: Sequence[int], class_names, seed: int, background: bool) -> list[str]:
     """Give ``runner`` (a copy) a segmenter covering every present class; returns what changed."""
     from ..methods.registry import ClassInfo
     from ..methods.segmenter import Segmenter
     from ..methods.tdfusion import default_class_color
 
-    names = _class_names(class_names, present)
+    names = class_names_for(class_names, present)
     top = max(present)
     notes = []
     if not runner.has_segmenter:
@@ -257,7 +196,7 @@ def finetune_steps(
             targets = painted_targets(labels, background_value)
             present = sorted(int(v) for v in np.unique(targets) if v != IGNORE_INDEX)
     if family == "MultiTaskVIF":
-        from .multitask import finetune_multitask_steps
+        from .finetune_multitask import finetune_multitask_steps
 
         # class names, device and the background value reach MultiTaskVIF too (only those given)
         given = {"class_names": class_names, "device": device, "background_value": background_value}

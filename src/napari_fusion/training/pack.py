@@ -17,20 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_brats_split, pack_dataset, pair_split, shared_data_dir, _read_gray_unit
+from .data import _read_gray_unit, box_labels, load_brats_training, pack_dataset, shared_data_dir, training_names, unit_to_u8
 
-__all__ = ["training_names", "pack_all", "combine"]
-
-
-def training_names(folder: Path) -> list[str]:
-    """Sorted file names of a pair folder that are used for training (:func:`.data.pair_split`:
-    MSRS's ``split.csv``, elsewhere sorted index % 5 != 0)."""
-    return [n for n, part in pair_split(folder).items() if part == "train"]
-
-
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
+__all__ = ["pack_all", "combine"]
 
 def _names(root: Path, da: str, db: str, max_pairs: int | None) -> list[str]:
     names = [n for n in training_names(root / da) if (root / db / n).exists()]
@@ -41,13 +30,12 @@ def _names(root: Path, da: str, db: str, max_pairs: int | None) -> list[str]:
 
 
 def _pairs(root: Path, da: str, db: str, max_pairs: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(_u8(_read_gray_unit(root / da / n)), _u8(_read_gray_unit(root / db / n))) for n in _names(root, da, db, max_pairs)]
+    return [(unit_to_u8(_read_gray_unit(root / da / n)), unit_to_u8(_read_gray_unit(root / db / n)))
+            for n in _names(root, da, db, max_pairs)]
 
 
 def _box_labels(root: Path, names: list[str], shapes: list[tuple[int, int]]) -> list[np.ndarray | None]:
-    """Weak labels of MSRS's object boxes (``training.tdfusion.box_labels``) as int16, None without a box file."""
-    from .tdfusion import box_labels
-
+    """Weak labels of MSRS's object boxes (:func:`.data.box_labels`) as int16, None without a box file."""
     out = []
     for n, shape in zip(names, shapes):
         lab = box_labels(root / "boxes" / "fusion" / (Path(n).stem + ".txt"), shape)
@@ -63,13 +51,8 @@ def pack_all(out: str | Path, data: str | Path | None = None, max_msrs: int = 70
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    tr, va = load_brats_split("train"), load_brats_split("validation")
-    paths["brats"] = pack_dataset(
-        out / "brats.npz",
-        a=_u8(np.concatenate([tr["a"], va["a"]])),
-        b=_u8(np.concatenate([tr["b"], va["b"]])),
-        labels=np.concatenate([tr["labels"], va["labels"]]).astype(np.uint8),
-    )
+    brats = load_brats_training()
+    paths["brats"] = pack_dataset(out / "brats.npz", a=brats["a"], b=brats["b"], labels=brats["labels"].astype(np.uint8))
     msrs = data / "ivif" / "MSRS"
     ivif = _pairs(msrs, "ir", "vi", max_msrs)
     labels = _box_labels(msrs, _names(msrs, "ir", "vi", max_msrs), [p[0].shape for p in ivif])  # l_i: MSRS boxes
