@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..geometry import Grid, index_map, resample, source_window
+from ..io.ome_zarr import grid_of_group, level_paths
 from ..io.writers import suffix_of
 from .jobs import describe_error
 
@@ -74,10 +75,11 @@ def open_source(path: str | os.PathLike, name: str) -> LazySource:
         import zarr
 
         z = zarr.open(str(p), mode="r")
+        attrs = z.attrs  # a group's (a result of this package: OME-Zarr levels), or the array's own
         if not hasattr(z, "shape"):
-            z = z["0"]
+            z = z[(level_paths(attrs, list(z.array_keys())) or ["0"])[0]]
         data = z
-        grid = grid_from_attrs(getattr(z, "attrs", {}), data.shape)
+        grid = grid_of_group(attrs, data.shape)
     elif suffix_of(p) == ".npy":
         data = np.load(p, mmap_mode="r")
         grid = None
@@ -98,16 +100,6 @@ def open_source(path: str | os.PathLike, name: str) -> LazySource:
     src = LazySource(data, p, rgb, bands, None, meta, label=name)  # type: ignore[arg-type]
     src.grid = grid if grid is not None else Grid.identity(src.spatial)
     return src
-
-
-def grid_from_attrs(attrs: Any, shape: tuple[int, ...]) -> Grid | None:
-    aff = attrs.get("affine") if hasattr(attrs, "get") else None
-    if aff is None:
-        return None
-    aff = np.asarray(aff, float)
-    n = aff.shape[0] - 1
-    spatial = shape[-n:] if len(shape) == n or not (len(shape) == 3 and shape[-1] in (3, 4)) else shape[:n]
-    return Grid(tuple(spatial), aff, str(attrs.get("units", "pixel")))
 
 
 def _check_tiff_complete(tf: Any, p: Path, name: str) -> None:
@@ -223,7 +215,7 @@ def scene_samples(path: str | os.PathLike) -> int:
             import zarr
 
             z = zarr.open(str(p), mode="r")
-            shape = (z if hasattr(z, "shape") else z["0"]).shape
+            shape = (z if hasattr(z, "shape") else z[(level_paths(z.attrs, list(z.array_keys())) or ["0"])[0]]).shape
         else:
             import tifffile
 

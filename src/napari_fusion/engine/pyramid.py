@@ -1,7 +1,7 @@
 """Pyramids: the 2x multiscale levels of a disk-to-disk result, its tiled (Geo)TIFF, lazy reading.
 
 :func:`build_pyramid` adds 2x2-mean levels "1", "2", ... beside level "0" of a zarr group, block by
-block; :func:`zarr_to_tiff` streams the levels into one tiled, compressed (Geo)TIFF with the
+block (the group's OME-Zarr ``multiscales`` metadata is :mod:`napari_fusion.io.ome_zarr`'s); :func:`zarr_to_tiff` streams the levels into one tiled, compressed (Geo)TIFF with the
 pyramid as SubIFDs; :func:`open_lazy` gives the levels of either back as dask arrays, for
 ``viewer.add_image(levels, multiscale=True)``.
 """
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import Grid
+from ..io.ome_zarr import create_level, level_paths
 from ..io.writers import suffix_of
 from .tiling import Progress
 
@@ -33,8 +34,7 @@ def build_pyramid(group: Any, z0: Any, *, bands: bool, min_side: int = 256):
         k += 1
         nh, nw = h // 2, w // 2
         shape = (cur.shape[0], nh, nw) if bands else ((nh, nw) + tuple(cur.shape[2:]))
-        chunks = tuple(cur.chunks)
-        nxt = group.create_array(str(k), shape=shape, chunks=chunks, dtype=cur.dtype, fill_value=0)
+        nxt = create_level(group, str(k), shape, cur.chunks, cur.dtype)
         step = 2048
         nblocks = math.ceil(2 * nh / step)
         for bi, r in enumerate(range(0, 2 * nh, step)):
@@ -100,6 +100,8 @@ def zarr_to_tiff(
 def open_lazy(path: str | os.PathLike) -> list:
     """Multiscale levels (full resolution first) of a zarr or TIFF result as dask arrays, for napari.
 
+    A zarr group's levels are those its OME-Zarr ``multiscales`` metadata names (else its numbered
+    arrays).
     ``viewer.add_image(open_lazy("fused.tif"), multiscale=True)`` reads only the tiles in view.
     """
     import dask.array as da
@@ -114,5 +116,4 @@ def open_lazy(path: str | os.PathLike) -> list:
         g = zarr.open(tifffile.imread(str(p), aszarr=True), mode="r")
     if hasattr(g, "shape"):
         return [da.from_zarr(g)]
-    keys = sorted((k for k in g.array_keys() if k.isdigit()), key=int)
-    return [da.from_zarr(g[k]) for k in keys]
+    return [da.from_zarr(g[k]) for k in level_paths(g.attrs, list(g.array_keys()))]

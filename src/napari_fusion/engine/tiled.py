@@ -8,7 +8,8 @@ sources, the PAN-to-MS moment match), the runner in its preferred tiles (``fuse_
 whole scene is taken from samples of it instead: each source's intensity mapping (with the
 model's own ``input_intensity``) and the moment match. Tiles are blended by
 :func:`~napari_fusion.engine.tiling.fuse_tiled_steps`; the result streams into a chunked zarr or a
-tiled (Geo)TIFF with a multiscale pyramid (:mod:`.pyramid`).
+tiled (Geo)TIFF with a multiscale pyramid (:mod:`.pyramid`); a zarr result is an OME-Zarr (NGFF
+0.4) multiscale image (:mod:`napari_fusion.io.ome_zarr`) that napari opens as one.
 """
 from __future__ import annotations
 
@@ -126,16 +127,15 @@ def fuse_file_tiled_steps(
     if odtype.kind == "f":
         odtype = np.dtype(np.float32)
 
-    import zarr
-
     from ..io.atomic import atomic_path
+    from ..io.ome_zarr import create_group, create_level, write_multiscales
 
     # everything (the zarr, or the scratch zarr of a TIFF) lives in atomic_path's private folder:
     # a failed or killed run leaves no target behind, and the next run removes the folder
     with atomic_path(out_path) as tmp:
         store = tmp if osuf == ".zarr" else tmp.parent / "levels.zarr"
-        group = zarr.open_group(str(store), mode="w")
-        z0 = group.create_array("0", shape=oshape, chunks=ochunks, dtype=odtype, fill_value=0)
+        group = create_group(store)
+        z0 = create_level(group, "0", oshape, ochunks, odtype)
 
         def write(ys: slice, xs: slice, f: np.ndarray) -> None:
             out = finish(f, tiles.at(ys, xs)).astype(odtype, copy=False)
@@ -153,8 +153,8 @@ def fuse_file_tiled_steps(
         if pyramid:
             levels = yield from build_pyramid(group, z0, bands=b.bands)
         group.attrs["napari_fusion"] = {"method": name, "levels": len(levels), "source_a": str(a.path), "source_b": str(b.path)}
-        group.attrs["affine"] = np.asarray(a.grid.affine).tolist()
-        group.attrs["units"] = a.grid.units
+        layout = "cyx" if b.bands else ("yxc" if len(oshape) == 3 else "yx")
+        write_multiscales(group, levels, a.grid, layout, name=out_path.stem, metadata={"method": "2x2 mean", "fused_by": name})
         if osuf != ".zarr":
             zarr_to_tiff(levels, tmp, rgb=len(oshape) == 3 and not b.bands, bands=b.bands, grid=a.grid,
                          geotiff_tags=a.meta.get("geotiff_tags"))

@@ -1,4 +1,5 @@
-"""napari reader contribution: files and pair folders -> Image layers placed in world coordinates.
+"""napari reader contribution: files, pair folders and multiscale zarr (OME-Zarr) results -> Image
+layers placed in world coordinates.
 
 No napari import here: the reader returns plain LayerData tuples ``(data, kwargs, "image")``.
 Each layer's ``metadata`` carries the :class:`~napari_fusion.geometry.Grid` (``"grid"``), the
@@ -14,9 +15,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..geometry import Grid
 from ._common import LoadedImage, central_window
+from .ome_zarr import multiscale_layout
 
-__all__ = ["get_reader", "layer_data", "read_layers", "band_colormaps", "READ_SUFFIXES"]
+__all__ = ["get_reader", "layer_data", "multiscale_layer_data", "read_layers", "band_colormaps", "READ_SUFFIXES"]
 
 READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
 _PYRAMID_MIN = 4096  # lazy 2-D scenes larger than this get a strided multiscale pyramid
@@ -47,6 +50,8 @@ def get_reader(path: str | Sequence[str]) -> Callable | None:
 
 def _accepts(path: str) -> bool:
     p = Path(path)
+    if p.is_dir() and multiscale_layout(p) is not None:
+        return True
     if p.is_dir():
         from .pairs import find_pairs
 
@@ -65,13 +70,36 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     out: list[tuple] = []
     for p in paths:
-        if Path(p).is_dir():
+        if Path(p).is_dir() and multiscale_layout(p) is not None:
+            out.append(multiscale_layer_data(p))
+        elif Path(p).is_dir():
             a, b = read_pair(p)
             out.append(layer_data(a, role="a"))
             out.append(layer_data(b, role="b"))
         else:
             out.append(layer_data(read_image(p)))
     return out
+
+
+def multiscale_layer_data(path: str | os.PathLike) -> tuple:
+    """One LayerData tuple for a multiscale zarr group (an OME-Zarr result of ``fuse-large``): its
+    levels as dask arrays with ``multiscale=True``, placed by level 0's grid; bands become one layer
+    per band, as for a multi-band file."""
+    from .ome_zarr import open_levels
+
+    levels, grid, layout = open_levels(path)
+    z0 = levels[0]
+    rgb = layout == "yxc"
+    channel_axis = 0 if layout == "cyx" else None
+    if grid is None:
+        grid = Grid.identity(z0.shape[1:] if channel_axis == 0 else z0.shape[:2])
+    name = Path(path).name.removesuffix(".zarr") or Path(path).name
+    meta = {"path": str(path), "format": "ome-zarr", "levels": len(levels)}
+    data, kw, kind = layer_data(LoadedImage(z0, grid, name, rgb=rgb, channel_axis=channel_axis, meta=meta))
+    if len(levels) > 1:
+        data = levels
+        kw["multiscale"] = True
+    return (data, kw, kind)
 
 
 def _contrast(data, rgb: bool) -> tuple[float, float] | None:
