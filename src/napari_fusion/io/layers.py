@@ -35,7 +35,7 @@ __all__ = [
     "placement_of_layer",
 ]
 
-# napari's (pint's) unit names -> the short names Grid uses (geometry._UNIT_TO_MM, the readers)
+# napari's (pint's) unit names -> the short names Grid uses (geometry.grid, the readers)
 UNIT_NAMES = {
     "pixel": "pixel",
     "millimeter": "mm",
