@@ -19,19 +19,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def dice_on_slices(runner, a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_classes: int = 5) -> dict[str, float]:
     """Per-class Dice (pooled over slices) of the runner's one-pass labels; ``dice_mean_tumour`` over classes 1.. present."""
-    inter = np.zeros(n_classes)
-    tot = np.zeros(n_classes)
-    for i in range(len(a)):
-        _, pred = runner.fuse_and_segment(_unit(a[i]), _unit(b[i]))
-        for c in range(n_classes):
-            p, t = pred == c, labels[i] == c
-            inter[c] += np.logical_and(p, t).sum()
-            tot[c] += p.sum() + t.sum()
-    dice = np.where(tot > 0, 2 * inter / np.maximum(tot, 1), np.nan)
-    out = {f"dice_{c}": float(dice[c]) for c in range(n_classes)}
-    fg = dice[1:][np.isfinite(dice[1:])]
-    out["dice_mean_tumour"] = float(fg.mean()) if fg.size else float("nan")
-    return out
+    dice, _ = _pooled_dice(runner, zip(a, b), labels, n_classes, IGNORE_INDEX)
+    return _per_class(dice, "dice_mean_tumour")
 
 
 @torch.no_grad()
@@ -42,6 +31,12 @@ def dice_on_pairs(runner, pairs, labels, n_classes: int, ignore_index: int = IGN
     present in labels or predictions) and ``predicted_object_fraction`` (share of the scored pixels
     predicted as any class > 0).
     """
+    dice, object_fraction = _pooled_dice(runner, pairs, labels, n_classes, ignore_index)
+    return _per_class(dice, "dice_mean_objects") | {"predicted_object_fraction": object_fraction}
+
+
+def _pooled_dice(runner, pairs, labels, n_classes: int, ignore_index: int) -> tuple[np.ndarray, float]:
+    """Per-class Dice pooled over all pairs (NaN: class in neither) and the share of scored pixels predicted > 0."""
     inter = np.zeros(n_classes)
     tot = np.zeros(n_classes)
     fg = scored = 0
@@ -55,9 +50,11 @@ def dice_on_pairs(runner, pairs, labels, n_classes: int, ignore_index: int = IGN
             pc, tc = p == c, t == c
             inter[c] += np.logical_and(pc, tc).sum()
             tot[c] += pc.sum() + tc.sum()
-    dice = np.where(tot > 0, 2 * inter / np.maximum(tot, 1), np.nan)
-    out = {f"dice_{c}": float(dice[c]) for c in range(n_classes)}
-    obj = dice[1:][np.isfinite(dice[1:])]
-    out["dice_mean_objects"] = float(obj.mean()) if obj.size else float("nan")
-    out["predicted_object_fraction"] = fg / max(scored, 1)
+    return np.where(tot > 0, 2 * inter / np.maximum(tot, 1), np.nan), fg / max(scored, 1)
+
+
+def _per_class(dice: np.ndarray, mean_key: str) -> dict[str, float]:
+    out = {f"dice_{c}": float(d) for c, d in enumerate(dice)}
+    fg = dice[1:][np.isfinite(dice[1:])]
+    out[mean_key] = float(fg.mean()) if fg.size else float("nan")
     return out

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .losses import IGNORE_INDEX, class_weights_from_counts, task_loss
-from .painted import FinetuneProgress, check_sparse_labels, class_names_for, painted_targets
+from .painted import FinetuneProgress, StrokeCrops, check_sparse_labels, class_names_for, cover_classes, note_tuning, painted_targets, tuning_steps
 
 SEGMENTER_MAX_LR = 1e-3  # fine-tuning never moves the segmenter faster than this (see _finetune_tdfusion)
 # Learning rates chosen when none is given (docs/results/finetune.md): a model that already labels
@@ -64,10 +64,9 @@ def _prepare_segmenter(runner, present: Sequence[int], class_names, seed: int, b
     from ..methods.segmenter import Segmenter
     from ..methods.tdfusion import default_class_color
 
-    names = class_names_for(class_names, present)
-    top = max(present)
-    notes = []
     if not runner.has_segmenter:
+        names = class_names_for(class_names, present)
+        top = max(present)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             seg = Segmenter(top + 1)
@@ -76,64 +75,9 @@ def _prepare_segmenter(runner, present: Sequence[int], class_names, seed: int, b
             for v in sorted(present)
         ]
         runner.set_segmenter(seg, classes)
-        notes.append(f"new segmenter for classes {sorted(present)}")
-        return notes
-    seg = runner.segmenter
-    known = {c.index: c for c in runner.classes}
-    if top >= seg.n_classes:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            seg.extend_classes(top + 1)
-        notes.append(f"segmenter head extended to {top + 1} outputs for new class(es) {[v for v in present if v not in known]}")
-    for v in present:
-        if v not in known:
-            known[v] = ClassInfo(v, names.get(v, f"class {v}"), default_class_color(v))
-        elif v in names:
-            known[v] = ClassInfo(v, names[v], known[v].color)
-    runner.classes = tuple(sorted(known.values(), key=lambda c: c.index))
+        return [f"new segmenter for classes {sorted(present)}"]
+    runner.classes, notes = cover_classes(runner.segmenter, runner.classes, present, class_names, seed, "segmenter head")
     return notes
-
-
-class _StrokeSampler:
-    """Crops centred on painted pixels (classes in turn, then a random pixel of the class), random h-flips."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, targets: np.ndarray, crop: int, seed: int):
-        mult = 8
-        crop = max(mult, (int(crop) // mult) * mult)
-        H, W = a.shape
-        self.ch = min(crop, -(-H // mult) * mult)
-        self.cw = min(crop, -(-W // mult) * mult)
-        ph, pw = max(0, self.ch - H), max(0, self.cw - W)
-        if ph or pw:  # tiny image: mirror-pad the sources, leave the padding unpainted
-            a = np.pad(a, ((0, ph), (0, pw)), mode="symmetric")
-            b = np.pad(b, ((0, ph), (0, pw)), mode="symmetric")
-            targets = np.pad(targets, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        self.a, self.b, self.t = a, b, targets
-        self.rng = np.random.default_rng(seed)
-        self.by_class = {int(c): np.flatnonzero(targets.ravel() == c) for c in np.unique(targets) if c != IGNORE_INDEX}
-        self.classes = sorted(self.by_class)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        H, W = self.a.shape
-        ch, cw, rng = self.ch, self.cw, self.rng
-        A = np.empty((n, 1, ch, cw), np.float32)
-        B = np.empty((n, 1, ch, cw), np.float32)
-        T = np.empty((n, ch, cw), np.int64)
-        # every class in every batch (in a shuffled order): a batch of one class only would just push
-        # the segmenter's bias towards that class, and the next batch back (the loss oscillates)
-        order = [self.classes[int(k)] for k in rng.permutation(len(self.classes))]
-        for i in range(n):
-            c = order[i % len(order)]
-            flat = self.by_class[c][int(rng.integers(len(self.by_class[c])))]
-            y, x = divmod(int(flat), W)
-            y0 = int(np.clip(y - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, H - ch))
-            x0 = int(np.clip(x - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, W - cw))
-            sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
-            ca, cb, ct = self.a[sl], self.b[sl], self.t[sl]
-            if rng.integers(2):
-                ca, cb, ct = ca[:, ::-1], cb[:, ::-1], ct[:, ::-1]
-            A[i, 0], B[i, 0], T[i] = ca, cb, ct
-        return torch.from_numpy(A), torch.from_numpy(B), torch.from_numpy(T)
 
 
 def finetune_steps(
@@ -290,41 +234,15 @@ def _finetune_tdfusion(
         meta_every=meta_every, meta_start=0, class_weights=weights, seg_repeats=seg_repeats, seg_clip=1.0,
     )
     trainer = TDFusionTrainer(new, cfg, device if device is not None else runner.device)
-    sampler = _StrokeSampler(a, b, targets, crop, seed)
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(steps):
-            ta, tb, tt = sampler.batch(batch)
-            row = trainer.train_step(ta, tb, tt)
-            for k, v in row.items():
-                if k != "step":
-                    first.setdefault(k, v)
-                    last[k] = v
-            if not (np.isfinite(row.get("task", 0.0)) and np.isfinite(row.get("fusion", 0.0))):
-                raise FloatingPointError(f"fine-tuning diverged at step {i + 1} (loss {row}); try a smaller learning rate")
-            yield FinetuneProgress(
-                step=i + 1, steps=steps, task_loss=float(row.get("task", float("nan"))),
-                fusion_loss=float(row.get("fusion", float("nan"))), seconds=time.time() - t0,
-                extra={k: v for k, v in row.items() if k not in ("step", "task", "fusion")}, model=new,
-            )
+    sampler = StrokeCrops(a, b, targets, crop, seed, balanced=True)
+    first, last = yield from tuning_steps(trainer, sampler, steps=steps, batch=batch, seed=seed, task_key="task", model=new, t0=t0)
     trainer.finish()
-    base = runner.meta.get("base") or runner.name
-    new.meta["base"] = base
-    new.meta["method"] = base if str(base).endswith("-finetuned") else f"{base}-finetuned"
-    history = list(new.meta.get("finetune_history", []))
-    history.append(
-        {
-            "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
-            "meta_every": int(meta_every), "seg_repeats": int(seg_repeats), "seed": int(seed), "background_value": background_value,
-            "painted_pixels": {str(c): int(counts[c]) for c in present},
-            "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
-            "first_batch_losses": {k: round(float(v), 5) for k, v in first.items()},
-            "last_batch_losses": {k: round(float(v), 5) for k, v in last.items()},
-        }
-    )
-    new.meta["finetune_history"] = history
+    note_tuning(new, runner, {
+        "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
+        "meta_every": int(meta_every), "seg_repeats": int(seg_repeats), "seed": int(seed), "background_value": background_value,
+        "painted_pixels": {str(c): int(counts[c]) for c in present},
+        "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
+    }, first, last)
     return new
 
 

@@ -14,68 +14,9 @@ import torch
 
 from .losses import IGNORE_INDEX, class_weights_from_counts, task_loss
 from .multitask import MultiTaskConfig, MultiTaskTrainer
-from .painted import FinetuneProgress, check_sparse_labels, class_names_for, painted_targets
+from .painted import StrokeCrops, check_sparse_labels, cover_classes, note_tuning, painted_targets, tuning_steps
 
 __all__ = ["finetune_multitask_steps", "painted_loss"]
-
-
-class _PaintedCrops:
-    """Crops (side a multiple of 8) centred near painted pixels; a class is drawn uniformly first."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, targets: np.ndarray, crop: int, seed: int):
-        H, W = a.shape
-        crop = max(8, int(crop) // 8 * 8)
-        self.ch, self.cw = min(crop, -(-H // 8) * 8), min(crop, -(-W // 8) * 8)
-        ph, pw = max(0, self.ch - H), max(0, self.cw - W)
-        if ph or pw:  # smaller than one crop: mirror the sources, leave the padding unpainted
-            a = np.pad(a, ((0, ph), (0, pw)), mode="symmetric")
-            b = np.pad(b, ((0, ph), (0, pw)), mode="symmetric")
-            targets = np.pad(targets, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        self.a, self.b, self.t = a, b, targets
-        self.rng = np.random.default_rng(seed)
-        flat = targets.ravel()
-        self.where = {int(c): np.flatnonzero(flat == c) for c in np.unique(targets) if c != IGNORE_INDEX}
-        self.classes = sorted(self.where)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        H, W = self.a.shape
-        ch, cw, rng = self.ch, self.cw, self.rng
-        A = np.empty((n, 1, ch, cw), np.float32)
-        B = np.empty((n, 1, ch, cw), np.float32)
-        T = np.empty((n, ch, cw), np.int64)
-        for i in range(n):
-            c = self.classes[int(rng.integers(len(self.classes)))]
-            y, x = divmod(int(self.where[c][int(rng.integers(len(self.where[c])))]), W)
-            y0 = int(np.clip(y - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, H - ch))
-            x0 = int(np.clip(x - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, W - cw))
-            sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
-            A[i, 0], B[i, 0], T[i] = self.a[sl], self.b[sl], self.t[sl]
-            if rng.integers(2):
-                A[i], B[i], T[i] = A[i][..., ::-1], B[i][..., ::-1], T[i][..., ::-1]
-        return torch.from_numpy(A), torch.from_numpy(B), torch.from_numpy(T)
-
-
-def _cover_classes(runner, present: Sequence[int], class_names, seed: int) -> list[str]:
-    """Grow ``runner``'s (a copy's) head and class list to cover every painted class; returns notes."""
-    from ..methods.registry import ClassInfo
-    from ..methods.tdfusion import default_class_color
-
-    names = class_names_for(class_names, present)
-    notes = []
-    top = max(present)
-    known = {c.index: c for c in runner.classes}
-    if top >= runner.net.n_classes:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            runner.net.extend_classes(top + 1)
-        notes.append(f"segmentation head extended to {top + 1} outputs for new class(es) {[v for v in present if v not in known]}")
-    for v in present:
-        if v not in known:
-            known[v] = ClassInfo(v, names.get(v, f"class {v}"), default_class_color(v))
-        elif v in names:
-            known[v] = ClassInfo(v, names[v], known[v].color)
-    runner.classes = tuple(sorted(known.values(), key=lambda c: c.index))
-    return notes
 
 
 def finetune_multitask_steps(
@@ -144,7 +85,7 @@ def _finetune(
 ):
     t0 = time.time()
     new = runner.copy()
-    notes = _cover_classes(new, present, class_names, seed)
+    new.classes, notes = cover_classes(new.net, new.classes, present, class_names, seed, "segmentation head")
     counts = np.bincount(targets[targets != IGNORE_INDEX], minlength=new.net.n_classes)
     cw = class_weights_from_counts(np.where(counts > 0, counts, counts[counts > 0].max())).tolist()
     cfg = MultiTaskConfig(
@@ -152,43 +93,16 @@ def _finetune(
         trunk_lr_scale=trunk_lr_scale / head_lr_scale,
     )
     trainer = MultiTaskTrainer(new, cfg, device if device is not None else runner.device)
-    sampler = _PaintedCrops(a, b, targets, crop, seed)
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(steps):
-            ta, tb, tt = sampler.batch(batch)
-            row = trainer.train_step(ta, tb, tt)
-            if not (math.isfinite(row["seg"]) and math.isfinite(row["fusion"])):
-                raise FloatingPointError(f"fine-tuning diverged at step {i + 1} (losses {row}); try a smaller learning rate")
-            for k, v in row.items():
-                if k != "step":
-                    first.setdefault(k, v)
-                    last[k] = v
-            yield FinetuneProgress(
-                step=i + 1, steps=steps, task_loss=float(row["seg"]), fusion_loss=float(row["fusion"]),
-                seconds=time.time() - t0, extra={k: v for k, v in row.items() if k not in ("step", "seg", "fusion")},
-                model=new,
-            )
+    sampler = StrokeCrops(a, b, targets, crop, seed)
+    first, last = yield from tuning_steps(trainer, sampler, steps=steps, batch=batch, seed=seed, task_key="seg", model=new, t0=t0)
     trainer.finish()
-    base = new.meta.get("base") or runner.name
-    new.meta["base"] = base
-    new.meta["method"] = base if str(base).endswith("-finetuned") else f"{base}-finetuned"
-    history = list(new.meta.get("finetune_history", []))
-    history.append(
-        {
-            "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
-            "fusion_weight": fusion_weight, "head_lr_scale": head_lr_scale, "trunk_lr_scale": trunk_lr_scale,
-            "warmup": warmup,
-            "seed": int(seed), "background_value": background_value,
-            "painted_pixels": {str(c): int(counts[c]) for c in present},
-            "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
-            "first_batch_losses": {k: round(float(v), 5) for k, v in first.items()},
-            "last_batch_losses": {k: round(float(v), 5) for k, v in last.items()},
-        }
-    )
-    new.meta["finetune_history"] = history
+    note_tuning(new, runner, {
+        "steps": steps, "lr": lr, "crop": [int(sampler.ch), int(sampler.cw)], "batch": int(batch),
+        "fusion_weight": fusion_weight, "head_lr_scale": head_lr_scale, "trunk_lr_scale": trunk_lr_scale,
+        "warmup": warmup, "seed": int(seed), "background_value": background_value,
+        "painted_pixels": {str(c): int(counts[c]) for c in present},
+        "seconds": round(time.time() - t0, 2), "device": str(trainer.device), "notes": notes,
+    }, first, last)
     return new
 
 

@@ -77,11 +77,23 @@ def fusion_loss(
     weights: torch.Tensor,
     grad_weight: float = 1.0,
     intensity: str = "l2",
+    max_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total learnable fusion loss and its parts (``{"int": ..., "grad": ...}``)."""
+    """Total learnable fusion loss and its parts (``{"int": ..., "grad": ..., "max": ...}``).
+
+    ``max_weight``: weight of a fixed l1 term towards the brighter source, ``|F - max(A, B)|``
+    (SeAFusion's intensity loss). The learned per-pixel weights choose between the sources; with
+    weights near 0.5 the l1 term alone leaves a blend of low contrast, which this term lifts.
+    """
     li = intensity_loss(fused, a, b, weights, intensity)
     lg = gradient_loss(fused, a, b)
-    return li + grad_weight * lg, {"int": li, "grad": lg}
+    total = li + grad_weight * lg
+    parts = {"int": li, "grad": lg}
+    if max_weight:
+        lm = (fused - torch.maximum(a, b)).abs().mean()
+        total = total + max_weight * lm
+        parts["max"] = lm
+    return total, parts
 
 
 def task_loss(

@@ -75,6 +75,7 @@ def meta_step(
     image_step: float = 0.05,
     grad_weight: float = 1.0,
     intensity: str = "l2",
+    max_weight: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
     class_weights: torch.Tensor | None = None,
     create_graph: bool = True,
@@ -106,7 +107,7 @@ def meta_step(
             fused = _f32(fusion(a, b))
         fused = fused.detach().requires_grad_(True)
         w = _f32(loss_net(a, b))
-        lf, _ = fusion_loss(fused, a, b, w, grad_weight, intensity)
+        lf, _ = fusion_loss(fused, a, b, w, grad_weight, intensity, max_weight)
         (g,) = torch.autograd.grad(lf, fused, create_graph=create_graph)
         scale = g.detach().abs().mean().clamp_min(1e-12)
         fused2 = (fused.detach() - image_step * g / scale).clamp(0.0, 1.0)
@@ -115,7 +116,7 @@ def meta_step(
         with scaffold.autocast(a.device, amp):
             fused = functional_call(fusion, params, (a, b))
             w = loss_net(a, b)
-            lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight, intensity)
+            lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight, intensity, max_weight)
         grads = torch.autograd.grad(lf, list(params.values()), create_graph=create_graph, allow_unused=True)
         updated = {
             k: (p - inner_lr * g) if g is not None else p for (k, p), g in zip(params.items(), grads)
@@ -149,6 +150,7 @@ def fusion_step(
     *,
     grad_weight: float = 1.0,
     intensity: str = "l2",
+    max_weight: float = 0.0,
     amp: bool = False,
 ) -> dict[str, float]:
     """(ii) One optimiser step of the fusion net on the learned fusion loss (loss module frozen)."""
@@ -156,7 +158,7 @@ def fusion_step(
         w = _f32(loss_net(a, b))
     with scaffold.autocast(a.device, amp):
         fused = fusion(a, b)
-    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight, intensity)
+    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight, intensity, max_weight)
     opt_fusion.zero_grad(set_to_none=True)
     lf.backward()
     opt_fusion.step()
@@ -229,6 +231,7 @@ class TrainConfig:
     intensity: str = "l2"  # intensity term of the fusion loss: "l1" (weighted median) or "l2" (blend)
     meta_mode: str = "params"  # "params" (inner step on the fusion net) or "image" (on the fused image)
     image_step: float = 0.05  # mean intensity change of the image-space inner step
+    max_weight: float = 0.0  # weight of the fixed l1 term towards max(A, B) (0: none, older files)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -294,13 +297,14 @@ class TDFusionTrainer:
             out |= meta_step(
                 self.fusion, self.loss_net, self.segmenter, a, b, labels, self.opt_loss,
                 mode=c.meta_mode, inner_lr=c.inner_lr, image_step=c.image_step, grad_weight=c.grad_weight,
-                intensity=c.intensity, ignore_index=c.ignore_index,
+                intensity=c.intensity, max_weight=c.max_weight, ignore_index=c.ignore_index,
                 class_weights=self.class_weights, amp=c.amp,
             )
             # the meta pass leaves grads on the fusion net / segmenter only via autograd.grad (none)
         if c.train_fusion:
             out |= fusion_step(
-                self.fusion, self.loss_net, a, b, self.opt_fusion, grad_weight=c.grad_weight, intensity=c.intensity, amp=c.amp
+                self.fusion, self.loss_net, a, b, self.opt_fusion, grad_weight=c.grad_weight, intensity=c.intensity,
+                max_weight=c.max_weight, amp=c.amp
             )
         if has_task and c.train_seg:
             with torch.no_grad(), scaffold.autocast(a.device, c.amp):
@@ -379,7 +383,7 @@ def train(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[
             grad_weight=args.grad_weight, meta_every=args.meta_every if labelled else 0,
             meta_start=args.meta_start, amp=args.amp, class_weights=cw, intensity=args.intensity,
             meta_mode=args.meta_mode, image_step=args.image_step, seg_repeats=args.seg_repeats,
-            train_fusion=not args.freeze_fusion,
+            train_fusion=not args.freeze_fusion, max_weight=args.max_weight,
         )
         run = scaffold.Run(args, log)
         run.record |= {"task": args.task, "data": data["source"], "seed": args.seed, "device": str(device), "batch": args.batch,
@@ -430,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-class-weights", dest="class_weights", action="store_false")
     ap.add_argument("--intensity", choices=("l1", "l2"), default="l1",
                     help="intensity term: l1 (weighted median: keeps each source's contrast) or l2 (blend; older files)")
+    ap.add_argument("--max-weight", type=float, default=0.0,
+                    help="weight of a fixed l1 term towards max(A, B) beside the learned one (lifts contrast)")
     ap.add_argument("--meta-mode", choices=("image", "params"), default="image",
                     help="inner step of the meta update on the fused image (image) or on the fusion net (params)")
     ap.add_argument("--image-step", type=float, default=0.05, help="mean intensity change of the image-space inner step")
