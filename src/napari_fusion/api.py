@@ -13,7 +13,6 @@ Example in napari's console::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from .boxes import DEFAULT_MIN_AREA
 from .engine.pipeline import (
     FusionResult,
     Progress,
-    _drain,
+    drain,
     enhance_steps,
     fuse_steps,
     input_intensity_of,
@@ -32,7 +31,10 @@ from .engine.pipeline import (
     resolve_runner,
     segment_steps,
 )
-from .geometry import Grid
+from .evaluation import PAINTED_FRACTION, evaluate, label_scores, painted_truth  # noqa: F401 - importable from here too
+from .geometry import Grid  # noqa: F401 - importable from here too
+from .inputs import SourceInput, as_input, grid_kw
+from .viewer_layers import fused_layer_name, placement, publish_result, show_layer
 
 __all__ = [
     "fuse",
@@ -48,128 +50,7 @@ __all__ = [
     "SourceInput",
 ]
 
-
-# ------------------------------------------------------------------------------------------------
-# inputs: arrays, layers, paths
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class SourceInput:
-    """One source as the pipeline wants it: data, grid (or None), colour flag, bands axis, a name."""
-
-    data: Any
-    grid: Grid | None
-    rgb: bool | None
-    channel_axis: int | None
-    name: str
-    like: Any = None  # the LoadedImage it came from (to write results with its geometry)
-    layer: Any = None  # the napari layer it came from
-
-
-def _is_layer(x: Any) -> bool:
-    return not isinstance(x, np.ndarray) and hasattr(x, "data") and hasattr(x, "scale")
-
-
-def _layer_grid(layer: Any, spatial: tuple[int, ...]) -> Grid | None:
-    """The layer's grid by the one layer -> grid rule (:func:`napari_fusion.io.layers.grid_of_layer`,
-    the widgets' and the writer's too: scale/translate/rotate/shear/affine as napari composes them);
-    None for a layer without geometry (index space in pixels)."""
-    from .io.layers import grid_of_layer
-
-    grid = grid_of_layer(layer, spatial)
-    return None if grid.is_identity else grid
-
-
-def as_input(x: Any, name: str = "A") -> SourceInput:
-    """Turn an array, a napari layer, a LoadedImage or a path into a :class:`SourceInput`."""
-    from .io import LoadedImage, read_image
-
-    if isinstance(x, SourceInput):
-        return x
-    if isinstance(x, (str, os.PathLike)):
-        x = read_image(x)
-    if isinstance(x, LoadedImage):
-        return SourceInput(x.data, x.grid, x.rgb, x.channel_axis, x.name or name, like=x)
-    if _is_layer(x):
-        data = x.data
-        if getattr(x, "multiscale", False):
-            data = data[0]
-        rgb = bool(getattr(x, "rgb", False))
-        meta = getattr(x, "metadata", None) or {}
-        cax = meta.get("channel_axis") if np.ndim(data) == 3 and not rgb else None
-        if cax is not None and isinstance(meta.get("grid"), Grid) and meta["grid"].ndim == 3:
-            cax = None  # a volume
-        if cax is not None:
-            cax = int(cax) % 3
-            spatial = tuple(s for i, s in enumerate(data.shape) if i != cax)
-        else:
-            spatial = tuple(data.shape[:-1]) if rgb else tuple(data.shape)
-        grid = _layer_grid(x, spatial)
-        return SourceInput(data, grid, rgb, cax, str(getattr(x, "name", name)), layer=x)
-    return SourceInput(x, None, None, None, name)
-
-
-def _grid_kw(src: SourceInput, kw: dict, key: str) -> Grid | None:
-    return kw.pop(key, None) or src.grid
-
-
-# ------------------------------------------------------------------------------------------------
-# viewer output
-# ------------------------------------------------------------------------------------------------
-def _placement(src: SourceInput, grid: Grid) -> dict:
-    """A's scale/translate (and rotate/shear/affine where not napari's defaults) for the result layer."""
-    lay = src.layer
-    if lay is not None:
-        from .io.layers import placement_of_layer
-
-        kw = placement_of_layer(lay)
-        for key in ("rotate", "shear", "affine"):
-            if np.allclose(kw[key], np.eye(kw[key].shape[0])):
-                del kw[key]
-        return kw
-    if grid.is_identity:
-        return {}
-    kw = grid.layer_kwargs()
-    kw.pop("units", None)
-    return kw
-
-
-def _show(viewer: Any, data: np.ndarray, name: str, kind: str, place: dict, *, rgb: bool = False, metadata: dict | None = None) -> Any:
-    """Add a layer, or update the data of the layer already called ``name`` (keeps the user's display settings)."""
-    layers = viewer.layers
-    if name in layers:
-        layer = layers[name]
-        layer.data = data
-        for k, v in place.items():
-            try:
-                setattr(layer, k, v)
-            except Exception:  # pragma: no cover - a layer type without that property
-                pass
-        if metadata:
-            layer.metadata.update(metadata)
-        return layer
-    if kind == "labels":
-        return viewer.add_labels(data, name=name, metadata=metadata or {}, **place)
-    return viewer.add_image(data, name=name, rgb=rgb, metadata=metadata or {}, **place)
-
-
-def _layer_name(method: str, a: SourceInput, b: SourceInput) -> str:
-    return naming.fused_name(method, a.name, b.name)  # the widgets' rule too
-
-
-def _publish(viewer: Any, res: FusionResult, sa: SourceInput, sb: SourceInput, name: str | None) -> None:
-    base = name or _layer_name(res.method, sa, sb)
-    place = _placement(sa, res.grid)
-    meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
-    fused = res.fused
-    if fused.ndim == len(res.grid.shape) + 1 and fused.shape[-1] == 3:
-        _show(viewer, fused, base, "image", place, rgb=True, metadata=meta)
-    elif fused.ndim == len(res.grid.shape) + 1:  # multi-band (C, H, W): one layer per band
-        for i in range(fused.shape[0]):
-            _show(viewer, fused[i], naming.band_name(base, i), "image", place, metadata=meta)
-    else:
-        _show(viewer, fused, base, "image", place, metadata=meta)
-    if res.labels is not None:
-        _show(viewer, res.labels, naming.labels_name(res.method, sa.name, sb.name), "labels", place, metadata=meta)
+_layer_name = fused_layer_name  # the name tests and earlier callers use
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,17 +82,17 @@ def fuse(
         res = fuse(mri, pet, "gifnet", full=True); res.fused, res.grid
     """
     sa, sb = as_input(a, "A"), as_input(b, "B")
-    grid_a, grid_b = _grid_kw(sa, kw, "grid_a"), _grid_kw(sb, kw, "grid_b")
+    grid_a, grid_b = grid_kw(sa, kw, "grid_a"), grid_kw(sb, kw, "grid_b")
     rgb_a = kw.pop("rgb_a", sa.rgb)
     rgb_b = kw.pop("rgb_b", sb.rgb)
     cax = kw.pop("channel_axis_b", sb.channel_axis)
-    res = _drain(
+    res = drain(
         fuse_steps(sa.data, sb.data, method, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b, device=device, tile=tile,
                    channel_axis_b=cax, names=kw.pop("names", (sa.name, sb.name)), **kw),
         progress,
     )
     if viewer is not None:
-        _publish(viewer, res, sa, sb, name)
+        publish_result(viewer, res, sa, sb, name)
     return res if full else res.fused
 
 
@@ -234,11 +115,11 @@ def enhance(
     src = as_input(image, "image")
     grid = kw.pop("grid", None) or src.grid
     rgb = kw.pop("rgb", src.rgb)
-    res = _drain(enhance_steps(src.data, method, grid=grid, rgb=rgb, device=device, tile=tile, **kw), progress)
+    res = drain(enhance_steps(src.data, method, grid=grid, rgb=rgb, device=device, tile=tile, **kw), progress)
     if viewer is not None:
-        place = _placement(src, res.grid)
+        place = placement(src, res.grid)
         is_rgb = res.fused.ndim == len(res.grid.shape) + 1
-        _show(viewer, res.fused, name or naming.enhanced_name(res.method, src.name), "image", place, rgb=is_rgb, metadata={"grid": res.grid})
+        show_layer(viewer, res.fused, name or naming.enhanced_name(res.method, src.name), "image", place, rgb=is_rgb, metadata={"grid": res.grid})
     return res if full else res.fused
 
 
@@ -263,138 +144,19 @@ def segment(
     """
     sa = as_input(image_or_a, "A")
     sb = as_input(b, "B") if b is not None else None
-    pair_kw = {} if sb is None else {"grid_b": _grid_kw(sb, kw, "grid_b"), "rgb_b": kw.pop("rgb_b", sb.rgb),
+    pair_kw = {} if sb is None else {"grid_b": grid_kw(sb, kw, "grid_b"), "rgb_b": kw.pop("rgb_b", sb.rgb),
                                      "channel_axis_b": kw.pop("channel_axis_b", sb.channel_axis)}
-    res = _drain(
-        segment_steps(sa.data, None if sb is None else sb.data, method, grid_a=_grid_kw(sa, kw, "grid_a"),
+    res = drain(
+        segment_steps(sa.data, None if sb is None else sb.data, method, grid_a=grid_kw(sa, kw, "grid_a"),
                       rgb_a=kw.pop("rgb_a", sa.rgb), device=device, tile=tile, **pair_kw, **kw),
         progress,
     )
     labels, grid_out, mname = res.labels, res.grid, res.method
     if viewer is not None:
         label_name = name or naming.labels_name(mname, sa.name, None if sb is None else sb.name)
-        _show(viewer, labels, label_name, "labels", _placement(sa, grid_out), metadata={"grid": grid_out, "method": mname})
+        show_layer(viewer, labels, label_name, "labels", placement(sa, grid_out), metadata={"grid": grid_out, "method": mname})
     return labels
 
-
-def _unit_y(x: np.ndarray, prepared) -> np.ndarray:
-    """A result in A's range (gray, RGB or bands) -> its unit gray/Y with A's intensity mapping."""
-    from . import color
-
-    x = np.asarray(x)
-    nsp = len(prepared.shape)
-    if prepared.bands is not None and x.ndim == nsp + 1 and x.shape[0] == prepared.bands.shape[0]:
-        u, _ = color.to_unit(x, prepared.intensity)
-        return u.mean(axis=0)
-    u, _ = color.to_unit(x, prepared.intensity)
-    if u.ndim == nsp + 1 and u.shape[-1] in (3, 4):
-        u = color.rgb_to_ycbcr(u[..., :3])[..., 0]
-    if u.shape != prepared.shape:
-        raise ValueError(f"fused image is {u.shape} (spatial) but source A's grid is {prepared.shape}")
-    return u
-
-
-PAINTED_FRACTION = 0.5  # a truth layer painted in the viewer with fewer nonzero pixels than this is strokes
-
-
-def painted_truth(truth: Any) -> bool:
-    """Whether a ground truth is painted strokes, whose 0 means "unpainted", not a class.
-
-    The rule: a napari Labels layer made in the viewer (no source file in its metadata, not a
-    napari-fusion result; a layer marked ``{"napari_fusion": {"role": "strokes"}}`` always counts)
-    with fewer than half of its pixels painted (nonzero). Arrays and layers read from a file are
-    complete label maps: their 0 is a class (background). Pass ``ignore_unpainted`` to decide it.
-    """
-    if not _is_layer(truth):
-        return False
-    meta = getattr(truth, "metadata", None) or {}
-    info = meta.get("napari_fusion")
-    if isinstance(info, dict) and info.get("role"):
-        return info.get("role") == "strokes"
-    if meta.get("path") or "method" in meta:
-        return False
-    data = truth.data[0] if getattr(truth, "multiscale", False) else truth.data
-    arr = np.asarray(data)
-    return bool(arr.size > 0 and np.count_nonzero(arr) < PAINTED_FRACTION * arr.size)
-
-
-def label_scores(
-    pred: Any,
-    truth: Any,
-    *,
-    n_classes: int | None = None,
-    class_names: Any = None,
-    ignore_index: int | None = None,
-    ignore_unpainted: bool = False,
-) -> dict[str, float]:
-    """IoU and Dice per class, mIoU, mDice and pixel accuracy of ``pred`` against ``truth``
-    (:func:`napari_fusion.metrics.segmentation_metrics`).
-
-    ``ignore_unpainted``: the truth is painted strokes (see :func:`painted_truth`), so its 0 pixels
-    are left out and class 0 is not scored: its IoU/Dice are dropped and the means run over the
-    painted classes and the classes predicted on painted pixels; pixel accuracy is the fraction of
-    painted pixels predicted right.
-    """
-    from .metrics import segmentation_metrics
-
-    if not ignore_unpainted:
-        return segmentation_metrics(pred, truth, n_classes=n_classes, ignore_index=ignore_index, class_names=class_names)
-    t = np.asarray(truth)
-    if ignore_index is not None:
-        t = np.where(t == ignore_index, 0, t)
-    if not np.any(t):
-        raise ValueError("the ground truth has no painted (nonzero) pixels to score")
-    out = segmentation_metrics(pred, t, n_classes=n_classes, ignore_index=0, class_names=class_names)
-    iou = [k for k in out if k.startswith("IoU/")]
-    dice = [k for k in out if k.startswith("Dice/")]
-    for k in (iou[0], dice[0]):  # class 0: not a class of painted strokes
-        del out[k]
-    for mean, keys in (("mIoU", iou[1:]), ("mDice", dice[1:])):
-        vals = [out[k] for k in keys if np.isfinite(out[k])]
-        out[mean] = float(np.mean(vals)) if vals else float("nan")
-    return {k: out[k] for k in [*iou[1:], *dice[1:], "mIoU", "mDice", "pixel_accuracy"]}
-
-
-def evaluate(
-    fused: Any,
-    a: Any,
-    b: Any,
-    *,
-    labels: Any = None,
-    truth: Any = None,
-    n_classes: int | None = None,
-    ignore_index: int | None = None,
-    ignore_unpainted: bool | None = None,
-    max_slices: int | None = 16,
-) -> dict[str, float]:
-    """Fusion metrics (EN, SD, SF, AG, MI, VIF, Qabf, SSIM, SCD) of a fused image, plus IoU/Dice if labels given.
-
-    Sources and result are compared as the methods saw them: gray/Y on A's grid, 0..255 (rounded
-    as an 8-bit file would be). Volumes: the mean over the slices where A or B is not constant, at
-    most ``max_slices`` spread over the volume (None: all; :func:`napari_fusion.metrics.scored_slices`).
-    ``labels`` / ``truth``: predicted and true label maps for segmentation metrics.
-    ``ignore_unpainted``: leave the truth's 0 pixels out and do not score class 0 (painted strokes,
-    see :func:`label_scores`); None (default) decides by :func:`painted_truth`: yes for a sparse
-    Labels layer painted in the viewer, no for arrays and files. Example::
-
-        scores = evaluate(fused, ir, vi)   # {'EN': 6.9, 'SD': 41.2, ...}
-    """
-    from .metrics import fusion_metrics, volume_fusion_metrics
-
-    sa, sb, sf = as_input(a, "A"), as_input(b, "B"), as_input(fused, "fused")
-    prepared = prepare_pair(sa.data, sb.data, grid_a=sa.grid, grid_b=sb.grid, rgb_a=sa.rgb, rgb_b=sb.rgb, channel_axis_b=sb.channel_axis)
-    fy = _unit_y(sf.data, prepared)
-    a255, b255, f255 = (np.round(np.clip(v, 0, 1) * 255.0) for v in (prepared.a, prepared.b, fy))
-    if a255.ndim == 2:
-        out = fusion_metrics(f255, a255, b255)
-    else:  # the slices with content, at most max_slices (metrics.scored_slices: the widget's rule too)
-        out = volume_fusion_metrics(f255, a255, b255, max_slices=max_slices, names=(sa.name, sb.name))
-    if labels is not None and truth is not None:
-        lab = np.asarray(as_input(labels, "labels").data)
-        tru = np.asarray(as_input(truth, "truth").data)
-        unpainted = painted_truth(truth) if ignore_unpainted is None else bool(ignore_unpainted)
-        out.update(label_scores(lab, tru, n_classes=n_classes, ignore_index=ignore_index, ignore_unpainted=unpainted))
-    return out
 
 
 def finetune(
@@ -448,7 +210,7 @@ def finetune(
         kw.setdefault("refresh_seconds", float("inf"))
     gen = tune_steps(runner, prepared.a, prepared.b, lab, steps=steps, lr=lr, class_names=class_names, class_colors=class_colors,
                      device=resolve_device(device), **kw)
-    return _drain(gen, progress)
+    return drain(gen, progress)
 
 
 def painted_class_names(layer: Any) -> dict[int, str] | None:
@@ -529,5 +291,5 @@ def detect(
         labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
         show_boxes(viewer, boxes, naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
-                   place=_placement(sa, res.grid), after=labels_name, metadata=meta)
+                   place=placement(sa, res.grid), after=labels_name, metadata=meta)
     return boxes
