@@ -167,7 +167,7 @@ def fusion_step(
         "int": float(parts["int"].detach()),
         "grad": float(parts["grad"].detach()),
         "w_a": float(w[:, 0].mean()),
-    }
+    } | ({"max": float(parts["max"].detach())} if "max" in parts else {})
 
 
 def segmenter_step(
