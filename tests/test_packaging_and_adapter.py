@@ -113,7 +113,9 @@ def test_every_imported_package_is_declared():
 
     dists = packages_distributions()
     project = PYPROJECT["project"]
-    declared = _req_names(project["dependencies"]) | _req_names(project["optional-dependencies"]["napari"])
+    extras = project["optional-dependencies"]
+    # dask.distributed is an extra: only --workers / --scheduler import it, with a message naming it
+    declared = _req_names(project["dependencies"]) | _req_names(extras["napari"]) | _req_names(extras["cluster"])
     optional_fallbacks = {"faster_coco_eval"}  # boxes._coco_backend: used only when pycocotools is missing
     missing = []
     for mod in sorted(_imported_top_modules(ROOT / "src" / "napari_fusion") - optional_fallbacks):
@@ -425,3 +427,17 @@ def test_tile_spin_box_auto_never_and_sizes(make_napari_viewer):
     assert t.tile() is None
     t.setValue(64)
     assert t.tile() == 64 and t.text() == "64 px"
+
+
+def test_dask_workers_without_distributed_name_the_extra(monkeypatch):
+    """A plain install has no dask.distributed: --workers then says which extra to install."""
+    import sys
+
+    from napari_fusion.engine.jobs import BatchJob, run_jobs
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
+    from pathlib import Path
+
+    job = BatchJob("p", Path("a.png"), Path("b.png"), Path("out/p.png"))
+    with pytest.raises(ImportError, match=r"napari-fusion\[cluster\]"):
+        run_jobs([job], lambda j: None, workers=1)

@@ -240,7 +240,13 @@ def _run_dask(
     still held; where the scheduler refuses that call (``distributed.scheduler.pickle`` off) a pair
     that failed after all its retries counts ``retries + 1`` and every other outcome counts 1.
     """
-    from distributed import Client, LocalCluster, as_completed
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as err:
+        raise ImportError(
+            "running pairs on Dask workers (--workers / --scheduler) needs dask.distributed: "
+            "pip install 'napari-fusion[cluster]' (or pip install distributed)"
+        ) from err
 
     t0 = time.perf_counter()
     cluster = None
