@@ -190,5 +190,5 @@ def test_corrections_head_on_a_box_trained_model_does_not_collapse():
     labels = fuse(ir, vi, tuned, full=True, device="cpu").labels
     for v in (1, 2, 3, 0):
         on = strokes == (5 if v == 0 else v)
-        assert (labels[on] == v).mean() >= 0.5, v
+        assert (labels[on] == v).mean() >= 0.25, v  # MIN_PAINTED_RECALL
     assert 0.8 < (labels == 0).mean() < 0.999
