@@ -193,6 +193,78 @@ def predict(net, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p.argmax(0).astype(np.int32), p
 
 
+# ----------------------------------------------------------------------------- a pixel forest (the peer task model)
+FOREST_PIXELS = 300  # pixels of each class sampled from each train pair (class-balanced)
+
+
+def input_features(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) unit input -> (H, W, 20 C) filter features (the interactive head's filter bank)."""
+    from napari_fusion.task.features import pixel_features
+
+    return pixel_features(*image)
+
+
+def train_forests(images: list[np.ndarray], labels: list[np.ndarray], seeds) -> dict:
+    """An ilastik-style pixel classifier per seed: scikit-learn's random forest (50 trees, depth 10,
+    as the interactive peer) on filter features of the input, fitted on class-balanced pixel samples
+    of every train pair; its probabilities are moved half-way to the whole-image class prior (the
+    samples were re-balanced), as the U-Net's logits are."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from napari_fusion.training.multitask import prior_adjustment
+
+    rngs = {s: np.random.default_rng(s) for s in seeds}
+    xs, ys = {s: [] for s in seeds}, {s: [] for s in seeds}
+    counts = np.zeros(4)
+    for image, lab in zip(images, labels):
+        f = input_features(image)
+        counts += np.bincount(lab[lab >= 0].ravel(), minlength=4)[:4]
+        for s in seeds:
+            for c in range(4):
+                idx = np.flatnonzero(lab.ravel() == c)
+                if len(idx):
+                    pick = rngs[s].choice(idx, min(len(idx), FOREST_PIXELS), replace=False)
+                    xs[s].append(f.reshape(-1, f.shape[-1])[pick])
+                    ys[s].append(np.full(len(pick), c))
+    out = {}
+    for s in seeds:
+        x, y = np.concatenate(xs[s]), np.concatenate(ys[s])
+        rf = RandomForestClassifier(n_estimators=50, max_depth=10, n_jobs=1, random_state=s).fit(x, y)
+        seen = np.bincount(y, minlength=4)[:4]
+        out[s] = (rf, prior_adjustment(counts, seen, None, PRIOR_STRENGTH))
+    return out
+
+
+def forest_predict(model, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (H, W) and class probabilities (4, H, W) of the forest on (H, W, F) features."""
+    rf, offsets = model
+    H, W, F = feats.shape
+    p = np.zeros((H * W, 4), np.float64)
+    p[:, rf.classes_] = rf.predict_proba(feats.reshape(-1, F))
+    p = p * np.exp(offsets)[None]
+    p /= p.sum(1, keepdims=True).clip(min=1e-12)
+    p = p.T.reshape(4, H, W).astype(np.float32)
+    return p.argmax(0).astype(np.int32), p
+
+
+def run_input_forest(root, split, data, inp: str, seeds, args) -> list[dict]:
+    from napari_fusion.boxes import boxes_from_labels
+    from napari_fusion.methods.tdfusion import IVIF_CLASSES
+
+    train = split["train"]
+    t0 = time.perf_counter()
+    models = train_forests([data[n][inp] for n in train], [weak(root, n, data[n][inp].shape[1:]) for n in train], seeds)
+    secs = (time.perf_counter() - t0) / len(seeds)
+    preds = {s: {} for s in seeds}
+    for n in split["test"]:
+        f = input_features(data[n][inp])
+        for s in seeds:
+            lab, prob = forest_predict(models[s], f)
+            preds[s][n] = (lab, boxes_from_labels(lab, IVIF_CLASSES, probs=prob, min_area=args.min_area))
+    return [{"input": inp, "seed": s, "task_model": "forest", "train_seconds": round(secs, 1)}
+            | score_predictions(root, split["test"], preds[s]) for s in seeds]
+
+
 # ----------------------------------------------------------------------------- scores
 def scores(preds: dict[str, tuple[np.ndarray, list]], truths: dict[str, tuple[np.ndarray, list]], names: list[str]) -> dict:
     """mAP@0.5 (mean and per class) and inner-box IoU (per class, mean) over ``names``."""
@@ -276,7 +348,7 @@ def _mean_sd(vals: list[float]) -> str:
 
 def tables(runs: list[dict], ship: list[dict], args) -> str:
     lines = []
-    for part in ("all", "night", "day"):
+    for part in ("all", "night", "day") if runs else ():
         rows = []
         for inp in [i for i in INPUTS if any(r["input"] == i for r in runs)]:
             rs = [r for r in runs if r["input"] == inp]
@@ -317,6 +389,7 @@ def main(argv=None) -> None:
     ap.add_argument("--parts", nargs="+", default=["claim", "shipped"], choices=["claim", "shipped"])
     ap.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--task-models", nargs="+", default=["forest", "unet"], choices=["forest", "unet"])
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
@@ -325,56 +398,76 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-fusion-bench" / "ivif_task"))
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
-    ap.add_argument("--only-cached", action="store_true",
-                    help="tables from the runs already in --cache (runs of other processes); missing ones are listed")
+    ap.add_argument("--only-cached", nargs="*", choices=["forest", "unet"], default=None,
+                    help="tables from the runs already in --cache (runs of other processes) for these task models "
+                         "(none named: all); missing ones are listed")
     args = ap.parse_args(argv)
+    cached_only = set() if args.only_cached is None else set(args.only_cached or ["forest", "unet"])
     if args.threads:
         torch.set_num_threads(args.threads)
     root = msrs_root()
     split = split_names(root)
     cache = Path(args.cache)
-    runs: list[dict] = []
+    runs: dict[str, list[dict]] = {}
     missing: list[str] = []
     if "claim" in args.parts:
         data = load_inputs(root, split["train"] + split["test"], cache, args.device, args.inputs)
-        for inp in args.inputs:
-            tag = _model_tag(inp) if inp in FUSED else "source"
-            for seed in args.seeds:
-                f = cache / f"run_{inp}_{tag}_s{seed}_{args.steps}x{args.batch}x{args.crop}_a{args.min_area}_p{PRIOR_STRENGTH}.json"
-                if f.is_file():
+        for model in args.task_models:
+            runs[model] = []
+            for inp in args.inputs:
+                tag = _model_tag(inp) if inp in FUSED else "source"
+                files = {seed: cache / (f"run_{inp}_{tag}_s{seed}_{args.steps}x{args.batch}x{args.crop}_a{args.min_area}_p{PRIOR_STRENGTH}.json"
+                                        if model == "unet" else
+                                        f"run_forest_{inp}_{tag}_s{seed}_px{FOREST_PIXELS}_a{args.min_area}_p{PRIOR_STRENGTH}.json")
+                         for seed in args.seeds}
+                todo = [seed for seed, f in files.items() if not f.is_file()]
+                if model in cached_only:
+                    missing += [f"{model} {inp} seed {seed}" for seed in todo]
+                elif todo and model == "forest":
+                    for r in run_input_forest(root, split, data, inp, todo, args):
+                        files[r["seed"]].write_text(json.dumps(r))
+                for seed, f in files.items():
+                    if not f.is_file():
+                        if model in cached_only:
+                            continue
+                        f.write_text(json.dumps(run_input(root, split, data, inp, seed, args)))
                     r = json.loads(f.read_text())
-                elif args.only_cached:
-                    missing.append(f"{inp} seed {seed}")
-                    continue
-                else:
-                    r = run_input(root, split, data, inp, seed, args)
-                    f.write_text(json.dumps(r))
-                runs.append(r)
-                print_flush(f"{inp} seed {seed}: mAP@0.5 {r['all']['map50']:.3f} (night {r['night']['map50']:.3f}, "
-                            f"day {r['day']['map50']:.3f}), IoU {r['all']['iou_mean']:.3f} ({r['train_seconds']} s)")
+                    runs[model].append(r)
+                    print_flush(f"{model} {inp} seed {seed}: mAP@0.5 {r['all']['map50']:.3f} (night {r['night']['map50']:.3f}, "
+                                f"day {r['day']['map50']:.3f}), IoU {r['all']['iou_mean']:.3f} ({r['train_seconds']} s)")
     ship = shipped(root, split, args) if "shipped" in args.parts else []
+    sections = []
+    for model, rs in runs.items():
+        if not rs:
+            continue
+        what = (f"**Task network: the small U-Net** of `tdfusion`, {args.steps} steps of {args.batch} crops of "
+                f"{args.crop} px (half near an object, class-weighted cross-entropy)" if model == "unet" else
+                f"**Task model: a pixel random forest** (scikit-learn, 50 trees, depth 10, as the interactive peer) on "
+                f"20 filter features per input channel, {FOREST_PIXELS} pixels of each class from each train pair")
+        sections.append(f"## {what}\n\n" + verdict(rs) + "\n\n" + tables(rs, [], args))
     text = (
         "# Task-driven fusion on MSRS objects (person, bicycle, car)\n\n"
         f"Measured {environment(args.device)}; `python benchmarks/ivif_task.py "
-        f"--steps {args.steps} --batch {args.batch} --crop {args.crop} --seeds {' '.join(map(str, args.seeds))}`.\n"
-        f"{len(split['train'])} train-split pairs, {len(split['test'])} test-split pairs (MSRS `split.csv`); one task network "
-        "(the small U-Net of `tdfusion`), one budget, trained on each input; boxes = connected components of the "
-        "predicted labels (score = mean class probability; logits moved half-way to the whole-image class prior, "
-        "as the crops were re-balanced), mAP@0.5 by pycocotools; IoU = inner-box pixel IoU "
+        f"--steps {args.steps} --batch {args.batch} --crop {args.crop} --seeds {' '.join(map(str, args.seeds))} "
+        f"--task-models {' '.join(args.task_models)}`.\n"
+        f"{len(split['train'])} train-split pairs, {len(split['test'])} test-split pairs (MSRS `split.csv`). Each task model, "
+        "with one budget, is trained on each input in turn; boxes = connected components of the "
+        "predicted labels (score = mean class probability; scores moved half-way to the whole-image class prior, "
+        "as the training pixels were re-balanced), mAP@0.5 by pycocotools; IoU = inner-box pixel IoU "
         "(background, person, car; a 4-pixel ring around each box ignored). Mean ± spread (std) over seeds.\n\n"
         + (f"Not run (time): {', '.join(missing)}.\n\n" if missing else "")
-        + (verdict(runs) + "\n\n" if runs else "")
-        + tables(runs, ship, args)
+        + "\n".join(sections)
+        + (tables([], ship, args) if ship else "")
     )
     print_flush(text)
     if not args.no_write:
         write_text(RESULTS / "ivif_task.md", text)
         flat = []
-        for r in runs + ship:
+        for r in [r for rs in runs.values() for r in rs] + ship:
             for part in ("all", "night", "day"):
-                flat.append([r["input"], r["seed"], part] + [r[part].get(k) for k in
+                flat.append([r.get("task_model", "unet" if r["seed"] != "shipped" else "end to end"), r["input"], r["seed"], part] + [r[part].get(k) for k in
                             ("map50", "ap_person", "ap_bicycle", "ap_car", "iou_mean", "iou_background", "iou_person", "iou_car")])
-        write_csv(RESULTS / "ivif_task.csv", ["input", "seed", "pairs", "map50", "ap_person", "ap_bicycle", "ap_car",
+        write_csv(RESULTS / "ivif_task.csv", ["task_model", "input", "seed", "pairs", "map50", "ap_person", "ap_bicycle", "ap_car",
                                               "iou_mean", "iou_background", "iou_person", "iou_car"], flat)
 
 
