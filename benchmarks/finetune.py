@@ -37,7 +37,7 @@ import torch
 from napari_fusion.methods import registry
 from napari_fusion.metrics import confusion_matrix, per_class_scores
 from napari_fusion.methods.classes import BRATS_CLASSES
-from napari_fusion.training.data import _read_gray_unit, load_brats_split, shared_data_dir
+from napari_fusion.training.data import read_gray_unit, load_brats_split, shared_data_dir
 from napari_fusion.training.finetune import _prepare_segmenter, finetune_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def msrs_strokes(ir: np.ndarray, vi: np.ndarray, rng, frac: float):
 def part_msrs(args, device) -> list[str]:
     root = shared_data_dir() / "ivif" / "MSRS"
     name = "00055D.png"
-    ir, vi = _read_gray_unit(root / "ir" / name), _read_gray_unit(root / "vi" / name)
+    ir, vi = read_gray_unit(root / "ir" / name), read_gray_unit(root / "vi" / name)
     rng = np.random.default_rng(args.seed)
     lab, sid, names = msrs_strokes(ir, vi, rng, args.frac)
     ids = np.unique(sid[sid > 0])
@@ -339,7 +339,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "finetune.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from napari_fusion.methods._torch import resolve_torch_device
+    from napari_fusion.methods.torch_runner import resolve_torch_device
 
     device = resolve_torch_device(args.device)
     cmd = "python " + " ".join(["benchmarks/finetune.py", *(argv if argv is not None else sys.argv[1:])])

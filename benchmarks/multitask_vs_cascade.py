@@ -63,7 +63,7 @@ def _region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def _cascade_parameters(runner) -> tuple[int, int]:
     """(inference, training) parameters of a TDFusion runner: fusion + segmenter, + loss module."""
-    from napari_fusion.methods._torch import count_parameters
+    from napari_fusion.methods.torch_runner import count_parameters
 
     inference = count_parameters([runner.fusion, runner.segmenter])
     return inference, count_parameters(runner.modules.values())

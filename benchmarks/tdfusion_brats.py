@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from napari_fusion.methods import registry
-from napari_fusion.methods._torch import resolve_torch_device
+from napari_fusion.methods.torch_runner import resolve_torch_device
 from napari_fusion.methods.segmenter import Segmenter
 from napari_fusion.metrics import confusion_matrix, per_class_scores
 from napari_fusion.methods.classes import BRATS_CLASSES

@@ -341,14 +341,14 @@ def test_packed_round_trip(tmp_path):
 
 # ---------------------------------------------------------------------------------- shipped weights
 def _held_out(folder: str, sa: str, sb: str, n: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    from napari_fusion.training.data import _read_gray_unit
+    from napari_fusion.training.data import read_gray_unit
 
     root = shared_data_dir()
     fa, fb = root / folder / sa, root / folder / sb
     from napari_fusion.training.data import pair_split
 
     held = [nm for nm, part in pair_split(fa).items() if part == "test" and (fb / nm).exists()][:n]
-    return [(_read_gray_unit(fa / nm), _read_gray_unit(fb / nm)) for nm in held]
+    return [(read_gray_unit(fa / nm), read_gray_unit(fb / nm)) for nm in held]
 
 
 @needs_data

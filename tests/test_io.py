@@ -10,7 +10,7 @@ import tifffile
 
 from napari_fusion.geometry import Grid, bring_onto
 from napari_fusion.io import ImageReadError, LoadedImage, find_pairs, read_image, read_pair, write_image
-from napari_fusion.io import _common
+from napari_fusion.io import common as io_common
 from napari_fusion.io.napari_reader import get_reader
 from napari_fusion.io.napari_writer import write_image as napari_write
 from napari_fusion.samples import sample_paths
@@ -316,7 +316,7 @@ def test_large_tiffs_are_not_read_whole(tmp_path, monkeypatch):
     x = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
     tifffile.imwrite(tmp_path / "raw.tif", x)
     tifffile.imwrite(tmp_path / "zip.tif", x, compression="zlib", tile=(32, 32))
-    monkeypatch.setattr(_common, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(io_common, "LAZY_BYTES", 1000)
     raw = read_image(tmp_path / "raw.tif")
     assert isinstance(raw.data, np.memmap) and raw.meta["lazy"]
     z = read_image(tmp_path / "zip.tif")
@@ -398,7 +398,7 @@ def test_huge_lazy_scene_gets_a_multiscale_layer(tmp_path, monkeypatch):
 
     x = np.arange(2048 * 2048, dtype=np.uint16).reshape(2048, 2048) % 4000
     tifffile.imwrite(tmp_path / "big.tif", x, compression="zlib", tile=(256, 256))
-    monkeypatch.setattr(_common, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(io_common, "LAZY_BYTES", 1000)
     monkeypatch.setattr(napari_reader, "_PYRAMID_MIN", 1024)
     data, kw, _ = get_reader(str(tmp_path / "big.tif"))(str(tmp_path / "big.tif"))[0]
     assert kw["multiscale"] is True and [d.shape for d in data] == [(2048, 2048), (1024, 1024)]

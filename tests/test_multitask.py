@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_fusion.methods import registry
-from napari_fusion.methods._torch import count_parameters
+from napari_fusion.methods.torch_runner import count_parameters
 from napari_fusion.methods.multitask import (
     WEIGHTS,
     MultiTaskNet,

@@ -61,7 +61,7 @@ def _pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------------------- contracts
 def test_parameter_counts_match_the_paper_scale():
-    from napari_fusion.methods._torch import count_parameters
+    from napari_fusion.methods.torch_runner import count_parameters
 
     assert 45_000 <= count_parameters(FusionNet()) <= 70_000
     assert 35_000 <= count_parameters(LossNet()) <= 55_000
@@ -603,11 +603,11 @@ def test_meta_step_gives_the_loss_module_a_real_signal_on_msrs():
     """On a real MSRS batch with its box labels, the image-space meta step reaches the loss module
     with a gradient that is not negligible (and exactly nothing when the bi-level graph is cut)."""
     from napari_fusion.training.data import box_labels
-    from napari_fusion.training.data import _read_gray_unit
+    from napari_fusion.training.data import read_gray_unit
 
     root = shared_data_dir() / "ivif" / "MSRS"
     name = "00004N.png"
-    ir, vi = _read_gray_unit(root / "ir" / name), _read_gray_unit(root / "vi" / name)
+    ir, vi = read_gray_unit(root / "ir" / name), read_gray_unit(root / "vi" / name)
     lab = box_labels(root / "boxes" / "fusion" / "00004N.txt", ir.shape)
     assert set(np.unique(lab)) >= {0, 1}
     s = PairSampler([(ir, vi)], crop=64, seed=0, labels=[lab], object_fraction=1.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import LAZY_BYTES, ImageReadError, LoadedImage, Pair, detect_format
+from .common import LAZY_BYTES, ImageReadError, LoadedImage, Pair, detect_format
 from .pairs import find_pairs, read_pair
 from .writers import write_image
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import Grid
-from . import _common
-from ._common import ImageReadError, LoadedImage, check_pixels
+from . import common
+from .common import ImageReadError, LoadedImage, check_pixels
 from .geotiff import GDAL_METADATA, geotransform, grid_from_geotags, raster_type, read_geotags
 
 __all__ = ["read_raster", "normalize_channels", "band_names"]
@@ -98,7 +98,7 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, bool, int | None, Grid, dict]:
             photometric = int(page.photometric) if page.photometric is not None else None
             geotags = read_geotags(page)
             extras = tuple(getattr(page, "extrasamples", ()) or ())
-            lazy = p.stat().st_size > _common.LAZY_BYTES
+            lazy = p.stat().st_size > common.LAZY_BYTES
             data = _lazy_tiff(p) if lazy else series.asarray()
     except ImageReadError:
         raise
@@ -177,7 +177,7 @@ def band_names(gdal_metadata: str | bytes, n: int) -> list[str] | None:
 
 
 def read_raster(path: str | os.PathLike, fmt: str, *, name: str | None = None, modality: str | None = None) -> LoadedImage:
-    """Read a PNG / JPEG / TIFF file (``fmt`` from :func:`~napari_fusion.io._common.detect_format`)."""
+    """Read a PNG / JPEG / TIFF file (``fmt`` from :func:`~napari_fusion.io.common.detect_format`)."""
     p = Path(path)
     if fmt in ("png", "jpeg"):
         arr = _read_png_jpeg(p, fmt)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..geometry import Grid
-from ._common import LoadedImage, central_window
+from .common import LoadedImage, central_window
 from .ome_zarr import multiscale_layout
 
 __all__ = ["get_reader", "layer_data", "multiscale_layer_data", "read_layers", "band_colormaps", "READ_SUFFIXES"]

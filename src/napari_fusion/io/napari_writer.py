@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import Grid
-from ._common import LoadedImage
+from .common import LoadedImage
 from .layers import grid_of_layer
 from .writers import write_image as _write
 

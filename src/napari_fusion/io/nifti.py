@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import Grid
-from ._common import LAZY_BYTES, ImageReadError, LoadedImage, check_pixels
+from .common import LAZY_BYTES, ImageReadError, LoadedImage, check_pixels
 
 __all__ = ["read_nifti", "write_nifti", "DISPLAY_AXCODES", "RAS_TO_WORLD", "nifti_affine_to_grid"]
 

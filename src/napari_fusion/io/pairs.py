@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from ..geometry import implied_grid, resolution_ratio
-from ._common import LoadedImage, Pair
+from .common import LoadedImage, Pair
 
 __all__ = ["find_pairs", "read_pair", "IMAGE_SUFFIXES"]
 

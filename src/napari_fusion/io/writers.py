@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import Grid
-from ._common import LoadedImage
+from .common import LoadedImage
 from .atomic import atomic_path
 
 __all__ = ["write_image", "suffix_of"]

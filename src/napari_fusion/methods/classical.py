@@ -30,7 +30,7 @@ def fuse_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _K = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16.0
 
 
-def _blur(x: np.ndarray) -> np.ndarray:
+def gaussian_blur(x: np.ndarray) -> np.ndarray:
     x = ndimage.correlate1d(x, _K, axis=0, mode="reflect")
     return ndimage.correlate1d(x, _K, axis=1, mode="reflect")
 
@@ -46,7 +46,7 @@ def laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
     for _ in range(levels):
         if min(cur.shape) < 8:
             break
-        low = _blur(cur)[::2, ::2]
+        low = gaussian_blur(cur)[::2, ::2]
         pyr.append(cur - _up(low, cur.shape))
         cur = low
     pyr.append(cur)

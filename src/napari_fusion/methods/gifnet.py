@@ -39,7 +39,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._torch import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
+from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
 from .registry import WEIGHTS_DIR, Method, register, register_family
 
 __all__ = [

@@ -28,7 +28,7 @@ def _kernel(sigma: float, device, dtype) -> torch.Tensor:
     return k / k.sum()
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian of (N, C, H, W) with mirrored borders (falls back to replicate on tiny images)."""
     k = _kernel(sigma, x.device, x.dtype)
     r = (k.numel() - 1) // 2
@@ -51,7 +51,7 @@ def filter_bank(x: torch.Tensor, sigmas: Sequence[float] = FEATURE_SIGMAS) -> to
     """(N, 1, H, W) unit images -> (N, 4 * len(sigmas), H, W) features (scaled to similar ranges)."""
     out = []
     for s in sigmas:
-        g = _blur(x, float(s))
+        g = gaussian_blur(x, float(s))
         gy, gx = _diff(g, -2), _diff(g, -1)
         hyy, hxx = _diff(gy, -2), _diff(gx, -1)
         hxy = _diff(gx, -2)

@@ -67,9 +67,9 @@ class PixelHead:
             probs = probs * self.weight.view(1, -1, 1, 1)
         probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
         if self.smooth > 0:
-            from .features import _blur
+            from .features import gaussian_blur
 
-            probs = _blur(probs, self.smooth)
+            probs = gaussian_blur(probs, self.smooth)
         return probs
 
     def decide(self, probs: torch.Tensor, bias: torch.Tensor | None = None, base: np.ndarray | None = None,

@@ -123,7 +123,7 @@ def load_brats_training(root: str | Path | None = None) -> dict[str, np.ndarray]
     }
 
 
-def _read_gray_unit(path: Path) -> np.ndarray:
+def read_gray_unit(path: Path) -> np.ndarray:
     from skimage import io as skio
 
     from ..color import rgb_to_ycbcr
@@ -144,7 +144,7 @@ def load_pair_folder(folder_a: str | Path, folder_b: str | Path, limit: int | No
     if not names:
         raise FileNotFoundError(f"no pairs with the same name in {fa} and {fb}")
     names = names[:limit] if limit else names
-    return [(_read_gray_unit(fa / n), _read_gray_unit(fb / n)) for n in names]
+    return [(read_gray_unit(fa / n), read_gray_unit(fb / n)) for n in names]
 
 
 def random_crops(pairs, size: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -220,7 +220,7 @@ def load_training_data(task: str, data: str | Path = "auto") -> dict:
         if not names:
             raise FileNotFoundError(f"no training pairs in {fa} and {fb}")
         for n in names:
-            a, b = unit_to_u8(_read_gray_unit(fa / n)), unit_to_u8(_read_gray_unit(fb / n))
+            a, b = unit_to_u8(read_gray_unit(fa / n)), unit_to_u8(read_gray_unit(fb / n))
             pairs.append((a, b))
             labels.append(box_labels(fa.parent / "boxes" / "fusion" / (Path(n).stem + ".txt"), a.shape))
     n_lab = sum(x is not None for x in labels)

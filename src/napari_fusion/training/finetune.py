@@ -113,7 +113,7 @@ def finetune_steps(
     Bad input (sources or labels of other shapes, NaN, nothing painted, a single class, a model that
     cannot be fine-tuned) raises here, when called, before any generator is returned.
     """
-    from ..methods._torch import check_pair
+    from ..methods.torch_runner import check_pair
 
     a, b = check_pair(a, b)
     labels = check_sparse_labels(sparse_labels, a.shape)
@@ -263,7 +263,7 @@ def painted_task_loss(runner, a: np.ndarray, b: np.ndarray, sparse_labels: np.nd
     Classes the segmenter does not have yet count as 'impossible' (loss = log of a tiny probability
     is not defined), so this needs a runner that covers every painted class.
     """
-    from ..methods._torch import check_pair
+    from ..methods.torch_runner import check_pair
 
     a, b = check_pair(a, b)
     labels = check_sparse_labels(sparse_labels, a.shape)

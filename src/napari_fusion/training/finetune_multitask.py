@@ -53,7 +53,7 @@ def finetune_multitask_steps(
     from 0 to above 0.9, while uniform lr 1e-3 on all weights only reached a constant label map. The input runner
     is never modified; stop iterating to cancel. Bad input raises here, before a generator is returned.
     """
-    from ..methods._torch import check_pair
+    from ..methods.torch_runner import check_pair
 
     if getattr(runner, "family", None) != "MultiTaskVIF" or not hasattr(runner, "net"):
         raise TypeError(f"finetune_multitask_steps needs a MultiTaskVIF runner, got {type(runner).__name__}")
@@ -112,7 +112,7 @@ def painted_loss(runner, a: np.ndarray, b: np.ndarray, sparse_labels: np.ndarray
 
     Painted values the model has no output for raise ValueError (fine-tune first: it extends the head).
     """
-    from ..methods._torch import check_pair
+    from ..methods.torch_runner import check_pair
 
     a, b = check_pair(a, b)
     labels = check_sparse_labels(sparse_labels, a.shape)

@@ -149,7 +149,7 @@ class GIFNetTrainer:
 
     def __init__(self, runner, lr: float = 2e-3, weights: LossWeights | None = None, device: str | torch.device | None = None,
                  amp: bool = False, seed: int = 0, weight_decay: float = 1e-4, schedule_steps: int = 0):
-        from ..methods._torch import resolve_torch_device
+        from ..methods.torch_runner import resolve_torch_device
 
         self.runner = runner
         self.device = resolve_torch_device(device if device is not None else runner.device)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import synth
-from .data import _read_gray_unit, load_packed, shared_data_dir, training_names, unit_to_u8
+from .data import read_gray_unit, load_packed, shared_data_dir, training_names, unit_to_u8
 from .samplers import augment
 
 __all__ = ["TASKS", "GIFNetData", "load_gifnet_data", "TaskSampler"]
@@ -118,7 +118,7 @@ def load_gifnet_data(data: str | Path = "auto", limit: int | None = None, pan: b
         names = [n for n in training_names(fa) if (fb / n).exists()]
         if limit and len(names) > limit:
             names = [names[i] for i in np.linspace(0, len(names) - 1, limit).round().astype(int)]
-        return [(_u8(_read_gray_unit(fa / n)), _u8(_read_gray_unit(fb / n))) for n in names]
+        return [(_u8(read_gray_unit(fa / n)), _u8(read_gray_unit(fb / n))) for n in names]
 
     ivif = pairs(root / "ivif" / "MSRS", "ir", "vi") + pairs(root / "ivif" / "RoadScene", "ir", "vi")
     med = pairs(root / "medical" / "MRI_CT", "MRI", "CT") + pairs(root / "medical" / "MRI_PET", "MRI", "PET")

@@ -194,7 +194,7 @@ class MultiTaskTrainer:
     """
 
     def __init__(self, runner, config: MultiTaskConfig | None = None, device: str | torch.device | None = None):
-        from ..methods._torch import resolve_torch_device
+        from ..methods.torch_runner import resolve_torch_device
 
         self.runner = runner
         self.config = c = config or MultiTaskConfig()

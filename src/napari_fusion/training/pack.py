@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _read_gray_unit, box_labels, load_brats_training, pack_dataset, shared_data_dir, training_names, unit_to_u8
+from .data import read_gray_unit, box_labels, load_brats_training, pack_dataset, shared_data_dir, training_names, unit_to_u8
 
 __all__ = ["pack_all", "combine"]
 
@@ -30,7 +30,7 @@ def _names(root: Path, da: str, db: str, max_pairs: int | None) -> list[str]:
 
 
 def _pairs(root: Path, da: str, db: str, max_pairs: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(unit_to_u8(_read_gray_unit(root / da / n)), unit_to_u8(_read_gray_unit(root / db / n)))
+    return [(unit_to_u8(read_gray_unit(root / da / n)), unit_to_u8(read_gray_unit(root / db / n)))
             for n in _names(root, da, db, max_pairs)]
 
 

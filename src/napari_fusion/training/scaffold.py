@@ -89,7 +89,7 @@ def run_main(ap: argparse.ArgumentParser, train: Callable[[argparse.Namespace], 
 def torch_run(args: argparse.Namespace) -> Iterator[torch.device]:
     """Seed, determinism, threads and device of one run (and the GPU/CPU defaults of ``--batch`` and
     ``--crop``); the process-wide torch settings come back afterwards (trainers also run in-process)."""
-    from ..methods._torch import resolve_torch_device
+    from ..methods.torch_runner import resolve_torch_device
 
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.get_num_threads())

@@ -244,7 +244,7 @@ class TDFusionTrainer:
     """
 
     def __init__(self, runner, config: TrainConfig | None = None, device: str | torch.device | None = None):
-        from ..methods._torch import resolve_torch_device
+        from ..methods.torch_runner import resolve_torch_device
 
         self.runner = runner
         self.config = config or TrainConfig()
