@@ -28,7 +28,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
+from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device
 from .classes import BRATS_CLASSES, IVIF_CLASSES
 from .registry import WEIGHTS_DIR, ClassInfo, Method, register, register_family
 from .segmenter import ChannelNorm, Segmenter, segmenter_receptive_radius
