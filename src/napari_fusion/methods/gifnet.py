@@ -30,7 +30,6 @@ from degraded pairs), as the paper does for single-modality enhancement.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,8 +38,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
-from .registry import WEIGHTS_DIR, Method, register, register_family
+from .torch_runner import SingleNetRunner, check_pair, count_parameters, resolve_torch_device, sub_state, tensor_to_unit
+from .registry import Method, register, register_family, weights_builder
 
 __all__ = [
     "FAMILY",
@@ -260,7 +259,7 @@ class GIFNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 # the runner
 # --------------------------------------------------------------------------------------------
-class GIFNetRunner(TorchRunner):
+class GIFNetRunner(SingleNetRunner):
     """Runner of a GIFNet model: ``fuse(a, b)``, ``enhance(image)``, ``to_bundle()``, ``n_parameters``."""
 
     family = FAMILY
@@ -271,28 +270,10 @@ class GIFNetRunner(TorchRunner):
     cpu_tile = 512
     tiles_exact = True
 
+    default_method = "gifnet"
+
     def __init__(self, net: GIFNet, device: str | torch.device = "cpu", meta: dict | None = None):
-        super().__init__({"net": net}, device=device, pad_multiple=net.pad_multiple)
-        self.meta: dict[str, Any] = dict(meta or {})
-
-    @property
-    def net(self) -> GIFNet:
-        return self.modules["net"]
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("method", "gifnet"))
-
-    @property
-    def halo(self) -> int:
-        return self.net.receptive_radius
-
-    def copy(self) -> "GIFNetRunner":
-        """An independent deep copy (training a copy leaves this runner unchanged)."""
-        new = copy.copy(self)
-        new.modules = {k: copy.deepcopy(m) for k, m in self.modules.items()}
-        new.meta = copy.deepcopy(self.meta)
-        return new
+        super().__init__(net, device=device, meta=meta, pad_multiple=net.pad_multiple)
 
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.net(a, b, "fusion")
@@ -316,7 +297,7 @@ class GIFNetRunner(TorchRunner):
 
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors = {f"net.{k}": v.detach().to("cpu").contiguous().clone() for k, v in self.net.state_dict().items()}
+        tensors = self.module_tensors()
         meta = dict(self.meta)
         meta.update(
             family=FAMILY,
@@ -332,8 +313,7 @@ class GIFNetRunner(TorchRunner):
 def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: str | torch.device = "cpu") -> GIFNetRunner:
     """Rebuild a runner from a model file's tensors and metadata (strict: every tensor must fit)."""
     net = GIFNet(**(meta.get("config") or {}))
-    sub = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    net.load_state_dict(sub, strict=True)
+    net.load_state_dict(sub_state(tensors, "net"), strict=True)
     return GIFNetRunner(net, device=resolve_torch_device(device), meta=meta)
 
 
@@ -344,16 +324,7 @@ def load_runner(path: str | Path, device: str | torch.device = "cpu") -> GIFNetR
     return load_family_runner(path, FAMILY, from_bundle, device)
 
 
-def _build(device: str = "cpu", weights: str | Path | None = None) -> GIFNetRunner:
-    path = Path(weights) if weights else WEIGHTS_DIR / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"GIFNet weights file {path} not found; train it with "
-            f"`python -m napari_fusion.training.gifnet --data auto --out {path}` or pass weights=PATH"
-        )
-    runner = load_runner(path, device=device)
-    runner.meta.setdefault("method", "gifnet")
-    return runner
+_build = weights_builder(load_runner, WEIGHTS, "gifnet", "GIFNet", "napari_fusion.training.gifnet --data auto")
 
 
 register_family(FAMILY, from_bundle)

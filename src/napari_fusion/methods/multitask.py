@@ -33,8 +33,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device, tensor_to_unit
-from .registry import WEIGHTS_DIR, ClassInfo, Method, register, register_family
+from .torch_runner import SingleNetRunner, check_pair, count_parameters, resolve_torch_device, sub_state, tensor_to_unit
+from .registry import ClassInfo, Method, register, register_family, weights_builder
 from .segmenter import ChannelNorm
 
 __all__ = [
@@ -218,7 +218,7 @@ def brats_classes() -> tuple[ClassInfo, ...]:
 # --------------------------------------------------------------------------------------------
 # the runner
 # --------------------------------------------------------------------------------------------
-class MultiTaskRunner(TorchRunner):
+class MultiTaskRunner(SingleNetRunner):
     """Runner of a :class:`MultiTaskNet`: ``fuse``, ``segment`` and ``fuse_and_segment`` (one pass).
 
     ``classes`` are the label values the model predicts (label value = output index; outputs
@@ -231,6 +231,7 @@ class MultiTaskRunner(TorchRunner):
     # 960x1280, 6.4 at 1920x2560); in 512-pixel tiles (blended overlap: tiles match the whole image
     # within one grey level, not exactly) 3.4-3.7 at both sizes; 768-pixel tiles 4.6-4.7.
     cpu_tile = 512
+    default_method = "multitaskvif"
 
     def __init__(
         self,
@@ -239,8 +240,7 @@ class MultiTaskRunner(TorchRunner):
         device: str | torch.device = "cpu",
         meta: dict | None = None,
     ):
-        super().__init__({"net": net}, device=device, pad_multiple=MultiTaskNet.pad_multiple)
-        self.meta: dict[str, Any] = dict(meta or {})
+        super().__init__(net, device=device, meta=meta, pad_multiple=MultiTaskNet.pad_multiple)
         cls = _make_classes(classes) if classes else ()
         if not cls:
             cls = tuple(ClassInfo(i, f"class {i}", _default_color(i)) for i in range(net.n_classes))
@@ -251,28 +251,8 @@ class MultiTaskRunner(TorchRunner):
 
     # --- parts ---------------------------------------------------------------------------------
     @property
-    def net(self) -> MultiTaskNet:
-        return self.modules["net"]
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("method", "multitaskvif"))
-
-    @property
-    def halo(self) -> int:
-        return self.net.receptive_radius
-
-    @property
     def n_classes(self) -> int:
         return self.net.n_classes
-
-    def copy(self) -> "MultiTaskRunner":
-        """An independent deep copy (fine-tuning works on a copy; the original stays unchanged)."""
-        new = copy.copy(self)
-        new.modules = {k: copy.deepcopy(m) for k, m in self.modules.items()}
-        new.meta = copy.deepcopy(self.meta)
-        new.classes = tuple(self.classes)
-        return new
 
     # --- inference -----------------------------------------------------------------------------
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -281,21 +261,12 @@ class MultiTaskRunner(TorchRunner):
     def _eval(self) -> None:
         self.net.eval()
 
-    def _class_mask(self, n: int) -> torch.Tensor:
-        keep = torch.full((n,), float("-inf"), device=self.device)
-        keep[[c.index for c in self.classes]] = 0.0
-        return keep.view(1, n, 1, 1)
-
-    def _labels(self, logits: torch.Tensor) -> np.ndarray:
-        logits = logits.float() + self._class_mask(logits.shape[1])
-        return np.ascontiguousarray(logits.argmax(1)[0].to("cpu").numpy().astype(np.int32))
-
     def fuse_and_segment(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One forward pass: fused unit image (float32) and its int32 labels."""
         a, b = check_pair(a, b)
         self._eval()
         fused, logits = self.run_padded(self.net, a, b)
-        return tensor_to_unit(fused), self._labels(logits)
+        return tensor_to_unit(fused), self.labels_from_logits(logits)
 
     def segment(self, fused: np.ndarray | None = None, a: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
         """int32 labels; the net segments from the *sources* (one pass on ``a``, ``b``), not from ``fused``."""
@@ -316,7 +287,7 @@ class MultiTaskRunner(TorchRunner):
     # --- persistence ---------------------------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors = {f"net.{k}": v.detach().to("cpu").contiguous().clone() for k, v in self.net.state_dict().items()}
+        tensors = self.module_tensors()
         meta = dict(self.meta)
         meta.update(
             family=FAMILY,
@@ -334,8 +305,7 @@ def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: 
     """Rebuild a runner from a model file's tensors and metadata (strict: every tensor must fit)."""
     cfg = dict((meta.get("config") or {}).get("net") or {})
     net = MultiTaskNet(**cfg)
-    state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(sub_state(tensors, "net"), strict=True)
     return MultiTaskRunner(net, classes=meta.get("classes"), device=resolve_torch_device(device), meta=meta)
 
 
@@ -366,18 +336,8 @@ def ivif_classes() -> tuple[ClassInfo, ...]:
 
 
 def _builder(default_file: str, method: str, task: str):
-    def build(device: str = "cpu", weights: str | Path | None = None) -> MultiTaskRunner:
-        path = Path(weights) if weights else WEIGHTS_DIR / default_file
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"MultiTaskVIF weights file {path} not found; train it with "
-                f"`python -m napari_fusion.training.multitask --task {task} --data auto --out {path}` or pass weights=PATH"
-            )
-        runner = load_runner(path, device=device)
-        runner.meta.setdefault("method", method)
-        return runner
-
-    return build
+    train = f"napari_fusion.training.multitask --task {task} --data auto"
+    return weights_builder(load_runner, default_file, method, "MultiTaskVIF", train)
 
 
 _build = _builder(WEIGHTS, "multitaskvif", "brats")

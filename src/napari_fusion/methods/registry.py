@@ -32,12 +32,37 @@ __all__ = [
     "list_methods",
     "build_runner",
     "WEIGHTS_DIR",
+    "weights_builder",
     "register_family",
     "runner_from_file",
     "default_method",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def weights_builder(
+    load_runner: Callable[..., Any], default_file: str, method: str, family: str, train: str
+) -> Callable[..., Any]:
+    """A :class:`Method` builder that loads a model file (``weights``, else ``WEIGHTS_DIR/default_file``).
+
+    ``load_runner(path, device=...)`` reads the file; the runner's ``meta["method"]`` defaults to
+    ``method``. A missing file raises FileNotFoundError naming ``family`` and how to train it
+    (``python -m {train} --out PATH``).
+    """
+
+    def build(device: str = "cpu", weights: str | Path | None = None) -> Any:
+        path = Path(weights) if weights else WEIGHTS_DIR / default_file
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{family} weights file {path} not found; train it with "
+                f"`python -m {train} --out {path}` or pass weights=PATH"
+            )
+        runner = load_runner(path, device=device)
+        runner.meta.setdefault("method", method)
+        return runner
+
+    return build
 
 # Modules that register methods when imported, in the order they are listed to users.
 _PROVIDERS = (

@@ -19,7 +19,6 @@ meta-learned loss module and tumour segmenter trained on BraTS FLAIR + T1c).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,9 +27,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device
+from .torch_runner import TorchRunner, check_pair, count_parameters, resolve_torch_device, sub_state
 from .classes import BRATS_CLASSES, IVIF_CLASSES
-from .registry import WEIGHTS_DIR, ClassInfo, Method, register, register_family
+from .registry import ClassInfo, Method, register, register_family, weights_builder
 from .segmenter import ChannelNorm, Segmenter, segmenter_receptive_radius
 
 __all__ = [
@@ -329,27 +328,9 @@ class TDFusionRunner(TorchRunner):
         self.modules["seg"] = segmenter.to(self.device, memory_format=torch.channels_last)
         self.classes = make_classes(classes)
 
-    def copy(self) -> "TDFusionRunner":
-        """An independent deep copy (fine-tuning works on a copy; the original stays unchanged)."""
-        new = copy.copy(self)
-        new.modules = {k: copy.deepcopy(m) for k, m in self.modules.items()}
-        new.meta = copy.deepcopy(self.meta)
-        new.classes = tuple(self.classes)
-        return new
-
     # --- inference -----------------------------------------------------------------------------
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.fusion(a, b)
-
-    def _class_mask(self, n: int) -> torch.Tensor:
-        keep = torch.full((n,), float("-inf"), device=self.device)
-        keep[[c.index for c in self.classes]] = 0.0
-        return keep.view(1, n, 1, 1)
-
-    def _labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
-        logits = logits.float() + self._class_mask(logits.shape[1])
-        lab = logits.argmax(1)[0].to("cpu").numpy().astype(np.int32)
-        return np.ascontiguousarray(lab)
 
     def _require_segmenter(self) -> Segmenter:
         if not self.has_segmenter:
@@ -374,7 +355,7 @@ class TDFusionRunner(TorchRunner):
         fused = np.asarray(fused, dtype=np.float32)
         check_pair(fused, fused, ("fused image", "fused image"))
         seg.eval()
-        return self._labels_from_logits(self.run_padded(seg, fused, multiple=Segmenter.pad_multiple))
+        return self.labels_from_logits(self.run_padded(seg, fused, multiple=Segmenter.pad_multiple))
 
     def fuse_and_segment(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One pass: fused unit image and its int32 labels."""
@@ -391,10 +372,7 @@ class TDFusionRunner(TorchRunner):
     # --- persistence ---------------------------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors: dict[str, torch.Tensor] = {}
-        for prefix, m in self.modules.items():
-            for k, v in m.state_dict().items():
-                tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous().clone()
+        tensors = self.module_tensors()
         meta = dict(self.meta)
         meta.update(
             family=FAMILY,
@@ -412,11 +390,6 @@ class TDFusionRunner(TorchRunner):
         return tensors, meta
 
 
-def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    p = prefix + "."
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
-
-
 def _with_stem_biases(sub: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Files from before the stems had biases: a zero bias is the same network."""
     for stem in ("stem_a", "stem_b"):
@@ -430,15 +403,15 @@ def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: 
     """Rebuild a runner from a model file's tensors and metadata (strict: every tensor must fit)."""
     cfg = meta.get("config") or {}
     fusion = FusionNet(**(cfg.get("fusion") or {}))
-    fusion.load_state_dict(_with_stem_biases(_sub(tensors, "fusion")), strict=True)
+    fusion.load_state_dict(_with_stem_biases(sub_state(tensors, "fusion")), strict=True)
     loss_net = LossNet(**(cfg.get("loss") or {}))
-    lt = _with_stem_biases(_sub(tensors, "loss"))
+    lt = _with_stem_biases(sub_state(tensors, "loss"))
     if lt:
         loss_net.load_state_dict(lt, strict=True)
     seg = None
     if cfg.get("segmenter"):
         seg = Segmenter(**cfg["segmenter"])
-        seg.load_state_dict(_sub(tensors, "seg"), strict=True)
+        seg.load_state_dict(sub_state(tensors, "seg"), strict=True)
     return TDFusionRunner(fusion, loss_net, seg, classes=meta.get("classes"), device=resolve_torch_device(device), meta=meta)
 
 
@@ -450,19 +423,8 @@ def load_runner(path: str | Path, device: str | torch.device = "cpu") -> TDFusio
 
 
 def _builder(default_file: str, method: str):
-    def build(device: str = "cpu", weights: str | Path | None = None) -> TDFusionRunner:
-        path = Path(weights) if weights else WEIGHTS_DIR / default_file
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"TDFusion weights file {path} not found; train it with "
-                f"`python -m napari_fusion.training.tdfusion --task {'brats' if 'brats' in default_file else 'ivif'} "
-                f"--out {path}` or pass weights=PATH"
-            )
-        runner = load_runner(path, device=device)
-        runner.meta.setdefault("method", method)
-        return runner
-
-    return build
+    train = f"napari_fusion.training.tdfusion --task {'brats' if 'brats' in default_file else 'ivif'}"
+    return weights_builder(load_runner, default_file, method, "TDFusion", train)
 
 
 register_family(FAMILY, from_bundle)

@@ -7,6 +7,7 @@ moves it to the runner's device, pads by reflection to ``pad_multiple``, runs th
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from .runner import Runner
 
 __all__ = [
     "TorchRunner",
+    "SingleNetRunner",
+    "sub_state",
     "count_parameters",
     "check_pair",
     "to_tensor",
@@ -177,6 +180,35 @@ class TorchRunner(Runner):
         """Scalar parameters of all the runner's modules."""
         return count_parameters(self.modules.values())
 
+    def copy(self) -> "TorchRunner":
+        """An independent deep copy (training or fine-tuning a copy leaves this runner unchanged)."""
+        new = copy.copy(self)
+        new.modules = {k: copy.deepcopy(m) for k, m in self.modules.items()}
+        new.meta = copy.deepcopy(self.meta)
+        if "classes" in self.__dict__:
+            new.classes = tuple(self.classes)
+        return new
+
+    def module_tensors(self) -> dict[str, torch.Tensor]:
+        """Every module's state as CPU tensors named ``"<module>.<parameter>"`` (a model file's tensors)."""
+        return {
+            f"{prefix}.{k}": v.detach().to("cpu").contiguous().clone()
+            for prefix, m in self.modules.items()
+            for k, v in m.state_dict().items()
+        }
+
+    # --- labels --------------------------------------------------------------------------------
+    def class_mask(self, n: int) -> torch.Tensor:
+        """``(1, n, 1, 1)`` additive logit mask: 0 for the indices of ``classes``, -inf for the others."""
+        keep = torch.full((n,), float("-inf"), device=self.device)
+        keep[[c.index for c in self.classes]] = 0.0
+        return keep.view(1, n, 1, 1)
+
+    def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """int32 ``(H, W)`` labels of ``(1, n, H, W)`` logits; outputs without a class are never chosen."""
+        logits = logits.float() + self.class_mask(logits.shape[1])
+        return np.ascontiguousarray(logits.argmax(1)[0].to("cpu").numpy().astype(np.int32))
+
     # --- running -------------------------------------------------------------------------------
     def forward_fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -207,6 +239,38 @@ class TorchRunner(Runner):
             m.eval()
         out = self.run_padded(self.forward_fused, a, b)
         return tensor_to_unit(out)
+
+
+class SingleNetRunner(TorchRunner):
+    """A :class:`TorchRunner` of one network, ``modules["net"]``, whose ``receptive_radius`` is the halo.
+
+    ``meta`` carries the model's record; ``meta["method"]`` names the runner (else ``default_method``).
+    """
+
+    #: the runner's name when its record names no method
+    default_method: str = ""
+
+    def __init__(self, net: nn.Module, device: str | torch.device = "cpu", meta: dict | None = None, pad_multiple: int | None = None):
+        super().__init__({"net": net}, device=device, pad_multiple=pad_multiple)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def net(self) -> Any:
+        return self.modules["net"]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("method", self.default_method))
+
+    @property
+    def halo(self) -> int:
+        return self.net.receptive_radius
+
+
+def sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``"<prefix>.<key>"``, keyed by ``<key>`` (one module's state in a model file)."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
 def tensor_to_unit(t: torch.Tensor) -> np.ndarray:
