@@ -297,17 +297,7 @@ class GIFNetRunner(SingleNetRunner):
 
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors = self.module_tensors()
-        meta = dict(self.meta)
-        meta.update(
-            family=FAMILY,
-            method=self.name,
-            config=dict(self.net.config),
-            outputs=["fused"],
-            halo=self.halo,
-            n_parameters=count_parameters(self.net),
-        )
-        return tensors, meta
+        return self.make_bundle(dict(self.net.config), ["fused"], count_parameters(self.net))
 
 
 def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: str | torch.device = "cpu") -> GIFNetRunner:

@@ -287,18 +287,8 @@ class MultiTaskRunner(SingleNetRunner):
     # --- persistence ---------------------------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors = self.module_tensors()
-        meta = dict(self.meta)
-        meta.update(
-            family=FAMILY,
-            method=self.name,
-            config={"net": copy.deepcopy(self.net.config)},
-            classes=[[c.index, c.name, c.color] for c in self.classes],
-            outputs=["fused", "labels"],
-            halo=self.halo,
-            n_parameters=count_parameters(self.net),
-        )
-        return tensors, meta
+        config = {"net": copy.deepcopy(self.net.config)}
+        return self.make_bundle(config, ["fused", "labels"], count_parameters(self.net), classes=self.classes)
 
 
 def from_bundle(tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: str | torch.device = "cpu") -> MultiTaskRunner:

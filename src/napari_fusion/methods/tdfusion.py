@@ -372,22 +372,17 @@ class TDFusionRunner(TorchRunner):
     # --- persistence ---------------------------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for :func:`napari_fusion.methods.store.save_bundle`."""
-        tensors = self.module_tensors()
-        meta = dict(self.meta)
-        meta.update(
-            family=FAMILY,
-            method=self.name,
-            config={
-                "fusion": dict(self.fusion.config),
-                "loss": dict(self.loss_net.config),
-                "segmenter": dict(self.segmenter.config) if self.has_segmenter else None,
-            },
-            classes=[[c.index, c.name, c.color] for c in self.classes],
-            outputs=["fused", "labels"] if self.has_segmenter else ["fused"],
-            halo=self.halo,
-            n_parameters={k: count_parameters(m) for k, m in self.modules.items()},
+        config = {
+            "fusion": dict(self.fusion.config),
+            "loss": dict(self.loss_net.config),
+            "segmenter": dict(self.segmenter.config) if self.has_segmenter else None,
+        }
+        return self.make_bundle(
+            config,
+            ["fused", "labels"] if self.has_segmenter else ["fused"],
+            {k: count_parameters(m) for k, m in self.modules.items()},
+            classes=self.classes,
         )
-        return tensors, meta
 
 
 def _with_stem_biases(sub: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -197,6 +197,20 @@ class TorchRunner(Runner):
             for k, v in m.state_dict().items()
         }
 
+    def make_bundle(
+        self, config: Any, outputs: list[str], n_parameters: Any, classes: Sequence | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A model file's tensors (:meth:`module_tensors`) and metadata: the runner's ``meta`` updated
+        with its family, name, ``config``, ``classes`` (``[index, name, color]`` rows; left out when
+        None), ``outputs``, halo and ``n_parameters``."""
+        meta = dict(self.meta)
+        fields: dict[str, Any] = {"family": self.family, "method": self.name, "config": config}
+        if classes is not None:
+            fields["classes"] = [[c.index, c.name, c.color] for c in classes]
+        fields.update(outputs=outputs, halo=self.halo, n_parameters=n_parameters)
+        meta.update(fields)
+        return self.module_tensors(), meta
+
     # --- labels --------------------------------------------------------------------------------
     def class_mask(self, n: int) -> torch.Tensor:
         """``(1, n, 1, 1)`` additive logit mask: 0 for the indices of ``classes``, -inf for the others."""
