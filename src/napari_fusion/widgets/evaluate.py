@@ -15,18 +15,16 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QHeaderView,
     QLabel,
     QPushButton,
     QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from .job import JobWidget, Task, error_text, notify_info
+from .job import JobWidget, Task, button_grid, error_text, notify_info
 from .layers import META_KEY, layer_array, source_kwargs, spatial_shape
 from .pickers import FollowDefaults, LayerCombo, default_pair, source_combos
 from .results import fused_sources
@@ -211,25 +209,17 @@ class EvaluateWidget(JobWidget):
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: palette(mid); font-size: 11px;")
 
-        form = QFormLayout()
+        inputs = [("Fused", self.fused), ("Source A", self.source_a), ("Source B", self.source_b)]
+        form = self.dock_layout(
+            [*inputs, ("Prediction", self.prediction), ("Ground truth", self.truth), ("", self.ignore_unpainted)],
+            # two rows of two: fits a narrow dock without clipping a label
+            button_grid([self.evaluate_button, self.clear_button], [self.copy_button, self.export_button]),
+            self.progress,
+            (self.table, 1),
+            self.note,
+            stretch=False,
+        )
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Fused", self.fused)
-        form.addRow("Source A", self.source_a)
-        form.addRow("Source B", self.source_b)
-        form.addRow("Prediction", self.prediction)
-        form.addRow("Ground truth", self.truth)
-        form.addRow("", self.ignore_unpainted)
-        buttons = QGridLayout()  # two rows of two: fits a narrow dock without clipping a label
-        buttons.addWidget(self.evaluate_button, 0, 0)
-        buttons.addWidget(self.clear_button, 0, 1)
-        buttons.addWidget(self.copy_button, 1, 0)
-        buttons.addWidget(self.export_button, 1, 1)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.table, 1)
-        lay.addWidget(self.note)
 
         self.evaluate_button.clicked.connect(self.evaluate)
         self.copy_button.clicked.connect(self.copy)

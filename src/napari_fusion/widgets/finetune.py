@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGridLayout,
     QLabel,
     QPushButton,
     QSizePolicy,
@@ -36,7 +35,7 @@ from .finetune_layers import MADE_BY, TunedLayers
 from .finetune_live import LIVE_DELAY_MS, LiveRefits
 from .finetune_models import MODEL_FILTER, ModelActions
 from .finetune_strokes import add_strokes_layer, painted_background, painted_colors, painted_labels, painted_names
-from .job import JobWidget, Task, error_text, notify_error
+from .job import JobWidget, Task, button_grid, error_text, notify_error
 from .layers import META_KEY, layer_array, same_layer, source_kwargs
 from .models import MethodCombo, ModelEntry, shelf_for
 from .options import DeviceCombo
@@ -135,34 +134,17 @@ class FinetuneWidget(LiveRefits, ModelActions, JobWidget):
         strokes_row.setSpacing(2)
         strokes_row.addWidget(self.strokes)
         strokes_row.addWidget(self.new_strokes_button)
-        form = QFormLayout()
+        inputs = [("Source A", self.source_a), ("Source B", self.source_b), ("Strokes", strokes_box), ("Model", self.model)]
+        form = self.dock_layout(
+            [*inputs, ("Steps", self.steps), ("Learning rate", self.lr), ("Device", self.device), self.live],
+            button_grid([self.finetune_button], [self.stop_button, self.cancel_button]),
+            self.progress,
+            self.loss,
+            button_grid([self.apply_button, self.reset_button], [self.save_button, self.load_button]),
+            self.status,
+        )
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Source A", self.source_a)
-        form.addRow("Source B", self.source_b)
-        form.addRow("Strokes", strokes_box)
-        form.addRow("Model", self.model)
-        form.addRow("Steps", self.steps)
-        form.addRow("Learning rate", self.lr)
-        form.addRow("Device", self.device)
-        form.addRow(self.live)
-        run_row = QGridLayout()
-        run_row.addWidget(self.finetune_button, 0, 0, 1, 2)
-        run_row.addWidget(self.stop_button, 1, 0)
-        run_row.addWidget(self.cancel_button, 1, 1)
-        model_row = QGridLayout()
-        model_row.addWidget(self.apply_button, 0, 0)
-        model_row.addWidget(self.reset_button, 0, 1)
-        model_row.addWidget(self.save_button, 1, 0)
-        model_row.addWidget(self.load_button, 1, 1)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(run_row)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.loss)
-        lay.addLayout(model_row)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
 
         self._init_live()
         self.finetune_button.clicked.connect(lambda: self.finetune())

@@ -2,10 +2,10 @@
 the sources (2-D images, colour images, multi-band, and whole volumes slice by slice)."""
 from __future__ import annotations
 
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QPushButton, QWidget
 
 from ..naming import enhanced_name
-from .job import JobWidget, Task, error_text
+from .job import JobWidget, Task, button_row, error_text
 from .layers import META_KEY, BandGroup, grid_of, layer_array, same_layer, source_kwargs
 from .models import MethodCombo, method_segments, missing_weights
 from .options import DeviceCombo, TileSpinBox
@@ -50,22 +50,13 @@ class FusionWidget(JobWidget):
         self.enhance_button.setToolTip("single-image enhancement of source A with GIFNet")
         self.run_buttons = [self.fuse_button, self.enhance_button]
 
-        form = QFormLayout()
-        form.addRow("Source A", self.source_a)
-        form.addRow("Source B", self.source_b)
-        form.addRow("Method", self.method)
-        form.addRow("Device", self.device)
-        form.addRow("Tile size", self.tile)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.fuse_button)
-        buttons.addWidget(self.enhance_button)
-        buttons.addWidget(self.cancel_button)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
+        rows = [("Source A", self.source_a), ("Source B", self.source_b), ("Method", self.method), ("Device", self.device)]
+        self.dock_layout(
+            [*rows, ("Tile size", self.tile)],
+            button_row(self.fuse_button, self.enhance_button, self.cancel_button),
+            self.progress,
+            self.status,
+        )
 
         self.fuse_button.clicked.connect(self.fuse)
         self.enhance_button.clicked.connect(self.enhance)

@@ -12,14 +12,24 @@ returned, so a failed or cancelled job leaves the viewer as it was.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Sequence
 
 from qtpy.QtCore import QObject
-from qtpy.QtWidgets import QApplication, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QApplication, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLayout, QPushButton, QVBoxLayout, QWidget
 
 from .progress import ProgressBar
 
-__all__ = ["SYNC_ENV", "JobWidget", "Task", "error_text", "notify_error", "notify_info", "sync_mode"]
+__all__ = [
+    "SYNC_ENV",
+    "JobWidget",
+    "Task",
+    "button_grid",
+    "button_row",
+    "error_text",
+    "notify_error",
+    "notify_info",
+    "sync_mode",
+]
 
 SYNC_ENV = "NAPARI_FUSION_SYNC"
 
@@ -54,6 +64,32 @@ def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
     show_info(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# layout
+
+
+def button_row(*widgets: QWidget) -> QHBoxLayout:
+    """The widgets side by side."""
+    row = QHBoxLayout()
+    for w in widgets:
+        row.addWidget(w)
+    return row
+
+
+def button_grid(*rows: Sequence[QWidget]) -> QGridLayout:
+    """A grid of buttons, one row per sequence; a row with fewer widgets than the widest row spans
+    its last widget over the rest (e.g. a Run button over a Stop and a Cancel button)."""
+    grid = QGridLayout()
+    width = max((len(r) for r in rows), default=0)
+    for i, row in enumerate(rows):
+        for j, w in enumerate(row):
+            if j == len(row) - 1 and len(row) < width:
+                grid.addWidget(w, i, j, 1, width - j)
+            else:
+                grid.addWidget(w, i, j)
+    return grid
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,6 +241,29 @@ class JobWidget(QWidget):
             self.cancel_button = QPushButton("Cancel")
             self.cancel_button.setEnabled(False)
             self.cancel_button.clicked.connect(lambda: self.cancel())
+
+    def dock_layout(self, rows: Sequence[Any], *parts: Any, stretch: bool = True) -> QFormLayout:
+        """Lay the dock out top to bottom: a form of ``rows`` (``(label, widget)`` pairs or lone
+        widgets), then ``parts`` in order (layouts, widgets, or ``(widget, stretch)`` pairs), then a
+        stretch that keeps them at the top (``stretch=False``: none). Returns the form."""
+        form = QFormLayout()
+        for row in rows:
+            if isinstance(row, tuple):
+                form.addRow(*row)
+            else:
+                form.addRow(row)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        for part in parts:
+            if isinstance(part, QLayout):
+                lay.addLayout(part)
+            elif isinstance(part, tuple):
+                lay.addWidget(*part)
+            else:
+                lay.addWidget(part)
+        if stretch:
+            lay.addStretch(1)
+        return form
 
     @property
     def running(self) -> bool:

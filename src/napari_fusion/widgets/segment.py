@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import html
 
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QPushButton, QWidget
 
 from ..naming import boxes_name
-from .job import JobWidget, Task, error_text
+from .job import JobWidget, Task, button_row, error_text
 from .layers import META_KEY, layer_array, same_layer, source_kwargs
 from .models import MethodCombo
 from .options import DeviceCombo
@@ -62,23 +62,14 @@ class SegmentWidget(JobWidget):
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
 
-        form = QFormLayout()
-        form.addRow("Source A", self.source_a)
-        form.addRow("Source B", self.source_b)
-        form.addRow("or image", self.image)
-        form.addRow("Method", self.method)
-        form.addRow("Device", self.device)
-        form.addRow("", self.boxes)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.segment_button)
-        buttons.addWidget(self.cancel_button)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
-        lay.addWidget(self.legend)
-        lay.addStretch(1)
+        pair = [("Source A", self.source_a), ("Source B", self.source_b), ("or image", self.image)]
+        self.dock_layout(
+            [*pair, ("Method", self.method), ("Device", self.device), ("", self.boxes)],
+            button_row(self.segment_button, self.cancel_button),
+            self.progress,
+            self.status,
+            self.legend,
+        )
 
         self.segment_button.clicked.connect(self.segment)
         self.method.changed.connect(self._show_legend)
