@@ -308,21 +308,19 @@ class JobWidget(QWidget):
         self,
         gen_func: Callable[[], Generator[Any, None, Any]],
         *,
-        yielded: Callable[[Any], None] | None = None,
-        returned: Callable[[Any], None] | None = None,
-        errored: Callable[[BaseException], None] | None = None,
-        aborted: Callable[[], None] | None = None,
         finished: Callable[[], None] | None = None,
+        **callbacks: Callable[..., None] | None,
     ) -> Task:
-        """Start ``gen_func()`` as this widget's job (:attr:`task`) with these GUI-thread callbacks;
-        the buttons follow the job (``finished`` runs after they are back)."""
+        """Start ``gen_func()`` as this widget's job (:attr:`task`) with these GUI-thread callbacks
+        (``yielded``, ``returned``, ``errored``, ``aborted``: as :class:`Task` takes them); the
+        buttons follow the job (``finished`` runs after they are back)."""
 
         def done() -> None:
             self.update_buttons()
             if finished is not None:
                 finished()
 
-        self.task = Task(gen_func, yielded=yielded, returned=returned, errored=errored, aborted=aborted, finished=done, parent=self)
+        self.task = Task(gen_func, **callbacks, finished=done, parent=self)
         self.update_buttons(running=True)
         return self.task.start()
 
