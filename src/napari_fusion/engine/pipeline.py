@@ -36,7 +36,7 @@ from .. import color
 from ..geometry import Grid
 from ..methods.runner import Runner, WrappedRunner, as_runner
 from .prepare import MomentMatch, PreparedPair, finish, prepare_pair, unit_luma, unit_pair
-from .tiling import Progress, fuse_tiled_steps, run_aligned
+from .tiling import Progress, drain, fuse_tiled_steps, run_aligned
 from .volumes import fuse_volume_steps
 
 __all__ = [
@@ -329,17 +329,6 @@ def segment_steps(
     one = _SegmentOnly(runner, name=name, halo=halo_of(runner, m))
     fused_u, labels = yield from run_steps(one, prepared, labels=True, tile=tile, overlap=overlap, halo=one.halo)
     return FusionResult(finish(fused_u, prepared), labels, prepared.grid, name, _classes(runner, m))
-
-
-def drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
-    """Run a step generator to the end, calling ``progress(Progress)`` on each step; its return value."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(p)
 
 
 def fuse_arrays(a: Any, b: Any, method: Any = None, *, progress: Callable[[Progress], Any] | None = None, **kw: Any) -> FusionResult:

@@ -26,6 +26,7 @@ from ..methods.runner import as_runner
 
 __all__ = [
     "Progress",
+    "drain",
     "tile_cores",
     "count_tiles",
     "blend_ramp",
@@ -47,6 +48,17 @@ class Progress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 1.0
+
+
+def drain(gen: Generator[Progress, None, Any], progress: Callable[[Progress], Any] | None) -> Any:
+    """Run a step generator to the end, calling ``progress(Progress)`` on each step; its return value."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(p)
 
 
 def tile_cores(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
@@ -269,11 +281,4 @@ def fuse_tiled(
 
         fused = fuse_tiled(build_runner("laplacian"), a_unit, b_unit, tile=1024, halo=64)
     """
-    gen = fuse_tiled_steps(runner_or_fn, a, b, tile, overlap, out, **kw)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(p)
+    return drain(fuse_tiled_steps(runner_or_fn, a, b, tile, overlap, out, **kw), progress)
