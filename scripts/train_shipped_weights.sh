@@ -20,7 +20,7 @@ run tdfusion_brats python -m napari_fusion.training.tdfusion --task brats --data
   --meta-every 2 --meta-start 200 --loss-config dim=8,joint_blocks=2,centred=1 $DET
 run tdfusion_ivif python -m napari_fusion.training.tdfusion --task ivif --data "$DATA/ivif.npz" \
   --out "$OUT/tdfusion_ivif.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0 \
-  --meta-start 150 --loss-config dim=8,joint_blocks=2,centred=1 $DET
+  --meta-start 150 --loss-config dim=8,joint_blocks=2,centred=1 --max-weight 2.0 $DET
 run gifnet python -m napari_fusion.training.gifnet --data "$DATA/gifnet.npz" \
   --out "$OUT/gifnet.safetensors" --device "$DEV" --time-budget "$BUDGET" --steps 20000 --seed 0
 run multitaskvif_brats python -m napari_fusion.training.multitask --data "$DATA/brats.npz" \
