@@ -101,6 +101,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(f"{skipped} GUI test(s) skipped: {reason}", yellow=True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: small tensors run as fast on one, and far faster on a
+    shared, oversubscribed CPU (no OpenMP spinning). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def cpu_only(monkeypatch):
     """Pin the device choice "auto" to the CPU for one test (``NAPARI_FUSION_DEVICE=cpu``)."""

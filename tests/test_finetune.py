@@ -26,13 +26,7 @@ from napari_fusion.training.tdfusion import new_runner
 needs_data = pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is as fast, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _weights(name: str):

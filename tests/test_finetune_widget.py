@@ -13,7 +13,9 @@ import pytest
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-pytestmark = pytest.mark.gui
+# one torch thread: on a busy 2-core machine, OpenMP threads fighting the GUI thread and other
+# processes made a 3-step fine-tune ~10x slower
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 PLUGIN = "napari-fusion"
 WAIT = 240_000  # ms: a loaded 2-core machine; the instant result itself takes seconds
@@ -31,14 +33,6 @@ NAMES = {1: "car", 2: "road", 3: "sky & trees"}
 def _cpu(cpu_only):
     """"auto" in the Device combo means the CPU here."""
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _usable(name: str) -> bool:

@@ -33,13 +33,7 @@ IVIF_NAMES = ["background", "person", "bicycle", "car"]
 NIGHT_PAIR = "00004N.png"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors run faster on one torch thread (no OpenMP spinning on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------- CLI

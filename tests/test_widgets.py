@@ -14,7 +14,9 @@ pytest.importorskip("pytestqt")
 from napari_fusion.engine.pipeline import fuse_arrays, prepare_pair  # noqa: E402
 from napari_fusion.methods.registry import ClassInfo, get_method  # noqa: E402
 
-pytestmark = pytest.mark.gui
+# one torch thread: on a busy 2-core machine, OpenMP threads fighting the GUI thread and other
+# processes made a 3-step fine-tune ~10x slower
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 
 PLUGIN = "napari-fusion"
 WAIT = 180_000  # ms; generous for a loaded 2-core machine (jobs take seconds; fine-tuning ~10 s)
@@ -87,16 +89,6 @@ class OnePassSegmenter(ThresholdSegmenter):
 def _cpu(cpu_only):
     """GUI tests run on the CPU, as in CI: "auto" in the Device combo means CPU here."""
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in these tests: on a busy 2-core machine, OpenMP threads fighting the GUI
-    thread and other processes made a 3-step fine-tune ~10x slower."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _shelve(viewer, label: str, runner, base=None):

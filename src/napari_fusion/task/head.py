@@ -226,7 +226,7 @@ def fit_head(
     smooth: float = 1.0,
     seed: int = 0,
     priors: Mapping[int, float] | None = None,
-    gate: float | Mapping[int, float] | None = None,
+    gate: float | None = None,
     base_labels: np.ndarray | Sequence[np.ndarray] | None = None,
     replay: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> PixelHead:
@@ -238,8 +238,7 @@ def fit_head(
     from a segmenting model's labels. Strokes over-sample rare classes (a few strokes of tumour, a
     few of background); the forest's probabilities are then corrected by prior / painted share, the
     usual label-shift correction, so a rare class is not painted over every look-alike pixel.
-    ``gate`` with ``base_labels`` (a segmenting model's labels of each image): see :meth:`PixelHead.decide`;
-    one for all classes, or one per class (by class; missing: 0).
+    ``gate`` with ``base_labels`` (a segmenting model's labels of each image): see :meth:`PixelHead.decide`.
     ``replay``: labels (painted values, 0 = none) of unpainted pixels that join the training pixels
     (a model's own labels, to keep what it knows) but not the check that each painted class wins on
     its own strokes.
@@ -288,8 +287,7 @@ def fit_head(
         weight = torch.from_numpy(np.clip(prior / np.maximum(share, 1e-9), 0.02, 50.0).astype(np.float32))
     head = PixelHead(values, tuple(name_of(v) for v in values), tuple(colors.get(v, _default_color(v)) for v in values),
                      rf, bias=torch.zeros(len(values)), n_features=int(x.shape[1]), weight=weight, smooth=float(smooth),
-                     gate=None if gate is None or base_labels is None else torch.tensor(
-                         [float(gate.get(v, 0.0)) if isinstance(gate, Mapping) else float(gate) for v in values]),
+                     gate=None if gate is None or base_labels is None else torch.full((len(values),), float(gate)),
                      background_value=None if background_value is None else int(background_value))
     bases = [None] * len(feats)
     if head.gate is not None:

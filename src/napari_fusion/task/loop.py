@@ -131,7 +131,6 @@ def _base_replay(labels, base_labels, background_value, seed) -> np.ndarray | No
     return out
 
 
-
 def tune_steps(
     runner: Any,
     a: np.ndarray,
