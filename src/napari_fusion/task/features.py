@@ -71,16 +71,23 @@ def feature_halo(sigmas: Sequence[float] = FEATURE_SIGMAS) -> int:
 
 
 @torch.no_grad()
-def pixel_features(*images: np.ndarray, sigmas: Sequence[float] = FEATURE_SIGMAS, device: str | torch.device = "cpu") -> np.ndarray:
-    """2-D unit images of one shape -> (H, W, n_features) float32 features, image by image."""
+def pixel_features(*images: np.ndarray, sigmas: Sequence[float] = FEATURE_SIGMAS, device: str | torch.device = "cpu",
+                   extra: int = 0) -> np.ndarray:
+    """2-D unit images of one shape -> (H, W, n_features) float32 features, image by image.
+
+    ``extra``: that many more channels at the end, left for the caller to fill (uninitialised), so
+    that adding a few features to millions of pixels does not copy them all again.
+    """
     if not images:
         raise ValueError("pixel_features needs at least one image")
     shape = np.shape(images[0])
-    parts = []
     for i, im in enumerate(images):
-        im = np.asarray(im, dtype=np.float32)
-        if im.ndim != 2 or im.shape != shape:
-            raise ValueError(f"feature image {i} is {im.shape}; every image must be 2-D of shape {shape}")
-        t = torch.from_numpy(np.ascontiguousarray(im))[None, None].to(device)
-        parts.append(filter_bank(t, sigmas)[0])
-    return torch.cat(parts, 0).permute(1, 2, 0).contiguous().cpu().numpy()
+        if np.ndim(im) != 2 or np.shape(im) != shape:
+            raise ValueError(f"feature image {i} is {np.shape(im)}; every image must be 2-D of shape {shape}")
+    per = FEATURES_PER_SCALE * len(sigmas)
+    out = np.empty((*shape, per * len(images) + int(extra)), np.float32)
+    view = torch.from_numpy(out)
+    for i, im in enumerate(images):  # written straight into the (H, W, C) result: no concatenated copy
+        t = torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32))[None, None].to(device)
+        view[..., i * per : (i + 1) * per].copy_(filter_bank(t, sigmas)[0].permute(1, 2, 0))
+    return out

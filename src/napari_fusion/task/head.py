@@ -299,19 +299,24 @@ def fit_head(
     # kept: a raise that makes others lose more is never the result. (Requiring half of the strokes
     # alone let strokes on 3 BraTS slices repaint the others: whole-tumour Dice 0.618 -> 0.582.)
     scored = [head.scores(head.probabilities(f)) for f in feats]
-    views = {"taught": ([np.searchsorted(values, np.maximum(t, 0)) for t in train], [t >= 0 for t in train], MIN_STROKE_RECALL),
-             "painted": ([np.searchsorted(values, c) for c in as_class], masks, MIN_PAINTED_RECALL)}
+    # the check looks only at the taught pixels: their scores (smoothed on the whole image above) and
+    # the model's labels there, gathered once as (1, K, 1, n) so each attempt costs little
+    taught = [t >= 0 for t in train]
+    at = [s[..., torch.from_numpy(m)][:, :, None, :] for s, m in zip(scored, taught)]
+    at_base = [None if bi is None else bi[m][None, :] for bi, m in zip(bases, taught)]
+    views = {"taught": ([np.searchsorted(values, t[m]) for t, m in zip(train, taught)], [np.ones(int(m.sum()), bool) for m in taught], MIN_STROKE_RECALL),
+             "painted": ([np.searchsorted(values, np.maximum(c[m], 0)) for c, m in zip(as_class, taught)], [pm[m] for pm, m in zip(masks, taught)], MIN_PAINTED_RECALL)}
     bias = torch.zeros(len(values))
     best = None
     for _attempt in range(MAX_ATTEMPTS):
-        decided = [head.decide(s, bias, base=bi, scored=True).cpu().numpy() for s, bi in zip(scored, bases)]
+        decided = [head.decide(s, bias, base=bi, scored=True).cpu().numpy()[0] for s, bi in zip(at, at_base)]
         short, need, ranks = {}, {}, []
         for view, (index, ms, floor) in views.items():
             hit, total, deficit = np.zeros(len(values)), np.zeros(len(values)), [[] for _ in values]
-            for s, k, idx, m in zip(scored, decided, index, ms):
+            for s, k, idx, m in zip(at, decided, index, ms):
                 np.add.at(total, idx[m], 1)
                 np.add.at(hit, idx[m][k[m] == idx[m]], 1)
-                sc = (s[0] + bias.view(-1, 1, 1)).numpy()[:, m]  # (K, pixels)
+                sc = (s[0, :, 0] + bias.view(-1, 1)).numpy()[:, m]  # (K, pixels)
                 own = sc[idx[m], np.arange(sc.shape[1])]
                 sc[idx[m], np.arange(sc.shape[1])] = -np.inf
                 for j in range(len(values)):
@@ -326,7 +331,7 @@ def fit_head(
                 accuracy = hit.sum() / max(total.sum(), 1)
         rank = (-len(short), sum(ranks), accuracy)
         if best is None or rank > best[0]:
-            best = (rank, bias.clone(), None if head.gate is None else head.gate.clone(), decided, accuracy)
+            best = (rank, bias.clone(), None if head.gate is None else head.gate.clone(), accuracy)
         if not short:
             break
         gated = [k for k in short if head.gate is not None and head.gate[k] > 0]
@@ -335,9 +340,10 @@ def fit_head(
         if not gated:
             k = min(short, key=short.get)
             bias[k] += max(need[k], 0.0) + 1e-3
-    _, bias, gate_best, decided, accuracy = best
+    _, bias, gate_best, accuracy = best
     if gate_best is not None:
         head.gate = gate_best
+    decided = [head.decide(s, bias, base=bi, scored=True).cpu().numpy() for s, bi in zip(scored, bases)]  # whole images, once
     raised = {values[k] for k in range(len(values)) if bias[k] > 0}
     head.bias = head.bias + bias
     head.info = {"painted_pixels": painted, "stroke_accuracy": round(float(accuracy), 4),

@@ -32,11 +32,6 @@ def base_label_values(model: Any) -> tuple[int, ...]:
     return tuple(int(c.index) for c in r.classes) if r.segments else ()
 
 
-def one_hot(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
-    """(H, W) labels -> (H, W, len(values)) float32 indicators: a segmenting base's answer as head features."""
-    return np.stack([labels == v for v in values], -1).astype(np.float32) if values else np.zeros((*labels.shape, 0), np.float32)
-
-
 def fuse_with_base_labels(model: Any, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's fused image and, for a segmenting model, its labels (one pass where it can)."""
     r = as_runner(model)
@@ -48,9 +43,9 @@ def fuse_with_base_labels(model: Any, a: np.ndarray, b: np.ndarray) -> tuple[np.
 
 def head_features(a, b, fused, base_labels, values, device="cpu") -> np.ndarray:
     """What the head reads: filter features of A, B and the fused image (+ the base's labels, one-hot)."""
-    feats = pixel_features(a, b, fused, device=device)
-    if values:
-        feats = np.concatenate([feats, one_hot(base_labels, values)], -1)
+    feats = pixel_features(a, b, fused, device=device, extra=len(values))
+    for j, v in enumerate(values):  # the base's labels, one-hot, in the channels left for them
+        np.equal(base_labels, v, out=feats[..., n_features(len(HEAD_INPUTS)) + j], casting="unsafe")
     return feats
 
 
