@@ -363,6 +363,15 @@ def test_pair_split_uses_a_fixed_split_file_or_every_fifth_name(tmp_path):
     assert training_names(fixed) == ["b.png", "c.png"]
 
 
+def test_index_split_holds_out_every_fifth_sorted_name_in_any_order():
+    from napari_fusion.training.data import index_split
+
+    scenes = [f"scene{i:02d}" for i in range(11)]
+    split = index_split(reversed(scenes))  # scene folders come in directory order
+    assert [n for n, p in split.items() if p == "test"] == ["scene00", "scene05", "scene10"]
+    assert len(split) == 11 and list(split) == scenes
+
+
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs ../shared/data")
 def test_benchmark_test_pairs_are_the_pairs_training_holds_out():
     """Benchmark pairs: MSRS's split.csv test split, elsewhere sorted index % 5 == 0; never training names."""

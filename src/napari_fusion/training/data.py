@@ -59,7 +59,13 @@ def pair_split(folder: str | Path) -> dict[str, str]:
         with fixed.open(newline="") as fh:
             given = {r[0].strip(): r[1].strip() for r in csv.reader(fh) if len(r) == 2 and r[1].strip() in ("train", "test")}
         return {n: given[n] for n in names if n in given}
-    return {n: "test" if i % 5 == 0 else "train" for i, n in enumerate(names)}
+    return index_split(names)
+
+
+def index_split(names) -> dict[str, str]:
+    """``{name: "train" | "test"}`` of a collection without a fixed split: every 5th sorted name
+    (index % 5 == 0) is held out for testing (pair folders, remote-sensing scene folders)."""
+    return {n: "test" if i % 5 == 0 else "train" for i, n in enumerate(sorted(names))}
 
 
 def training_names(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import synth
-from .data import read_gray_unit, load_packed, shared_data_dir, training_names, unit_to_u8
+from .data import index_split, read_gray_unit, load_packed, shared_data_dir, training_names, unit_to_u8
 from .samplers import augment
 
 __all__ = ["TASKS", "GIFNetData", "load_gifnet_data", "TaskSampler"]
@@ -125,8 +125,8 @@ def load_gifnet_data(data: str | Path = "auto", limit: int | None = None, pan: b
     gray = [b for _, b in ivif] + [a for a, _ in med]
     remote = root / "remote"
     if pan and remote.is_dir():
-        scenes = sorted(p.name for p in remote.iterdir() if (p / "pan.tif").is_file())
-        gray += [_u8(_pan_unit(remote / s / "pan.tif")) for i, s in enumerate(scenes) if i % 5 != 0]
+        scenes = index_split(p.name for p in remote.iterdir() if (p / "pan.tif").is_file())
+        gray += [_u8(_pan_unit(remote / s / "pan.tif")) for s, part in scenes.items() if part == "train"]
     d = GIFNetData(ivif, med, gray, f"{root} (training split)")
     return d.check()
 
