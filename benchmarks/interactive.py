@@ -223,7 +223,7 @@ def part_boxes(args) -> tuple[str, list]:
         names = {c.index: c.name for c in (getattr(runner, "classes", None) or ())}
         if names.get(1) == "person" and names.get(3) == "car":  # a model trained on the MSRS boxes
             variants[f"{model} as shipped (no strokes)"] = ("api", runner)
-            timing[f"{model} as shipped (no strokes)"] = (0.0, 0.0)
+            timing[f"{model} as shipped (no strokes)"] = (float("nan"), float("nan"))
         cache: dict = {}
         with Clock() as cold:
             tuned = finetune(runner, ir, vi, net_strokes, steps=0, device="cpu", background_value=5, cache=cache)
