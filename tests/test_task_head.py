@@ -191,4 +191,6 @@ def test_corrections_head_on_a_box_trained_model_does_not_collapse():
     for v in (1, 2, 3, 0):
         on = strokes == (5 if v == 0 else v)
         assert (labels[on] == v).mean() >= 0.25, v  # MIN_PAINTED_RECALL
-    assert 0.8 < (labels == 0).mean() < 0.999
+    # not one class everywhere, and close to the background share the model itself gives (0.80 here)
+    own = fuse(ir, vi, "multitaskvif-ivif", full=True, device="cpu").labels
+    assert (labels == 0).mean() < 0.999 and abs((labels == 0).mean() - (own == 0).mean()) < 0.05
