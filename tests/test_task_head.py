@@ -79,6 +79,24 @@ def test_unpainted_pixels_do_not_change_the_head():
         np.testing.assert_allclose(v.numpy(), h2.tensors()[k].numpy(), err_msg=k)
 
 
+def test_replayed_labels_teach_the_head_at_the_cost_of_the_strokes_alone():
+    """A model's replayed labels join the training pixels, but each tree draws only as many pixels
+    as are painted (the fit costs what a fit on the strokes costs), and they still reach the trees."""
+    a, b = _scene()
+    f = pixel_features(a, b, a)
+    s = np.zeros(a.shape, np.int32)
+    s[38:42, 25:35] = 1  # blob
+    s[5:7, 5:120] = 3  # background
+    replay = np.zeros_like(s)
+    replay[60:90:2, 70:120:2] = 1  # the model calls the striped region class 1 too (nothing painted there)
+    alone, taught = fit_head(f, s, seed=0), fit_head(f, s, seed=0, replay=replay)
+    assert alone.forest.max_samples is None  # no replay: scikit-learn's default bootstrap
+    assert taught.forest.max_samples == int((s > 0).sum())
+    stripes = np.zeros(a.shape, bool)
+    stripes[64:86, 74:116] = True
+    assert (alone.predict(f)[stripes] == 1).mean() < 0.5 < (taught.predict(f)[stripes] == 1).mean()
+
+
 def test_one_painted_class_is_refused_with_a_reason():
     a, b = _scene()
     s = np.zeros(a.shape, np.int32)

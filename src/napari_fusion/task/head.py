@@ -28,6 +28,10 @@ __all__ = ["PixelHead", "fit_head", "N_TREES", "MAX_DEPTH"]
 N_TREES = 50
 MAX_DEPTH = 10
 MAX_PIXELS_PER_CLASS = 20_000  # painted pixels used per class (a random subset beyond it)
+# Each tree's bootstrap draws this many pixels per painted pixel (None: as many as all training
+# pixels, scikit-learn's default). With a model's labels replayed (up to 2 per painted pixel) the
+# forest then costs what a forest on the strokes alone costs, and the trees still see all of them.
+TREE_DRAWS_PER_PAINTED: float | None = 1.0
 MIN_STROKE_RECALL = 0.5  # a painted class must win on at least this share of its own strokes
 MIN_PAINTED_RECALL = 0.25  # ... and on at least this share of its strokes alone (not counting replayed labels)
 MAX_ATTEMPTS = 16  # gate and bias adjustments tried
@@ -275,7 +279,10 @@ def fit_head(
         idx = np.flatnonzero(y == v)
         keep.append(idx if len(idx) <= MAX_PIXELS_PER_CLASS else rng.choice(idx, MAX_PIXELS_PER_CLASS, replace=False))
     keep = np.concatenate(keep)
-    rf = RandomForestClassifier(n_estimators=int(n_trees), max_depth=int(max_depth), n_jobs=1, random_state=seed)
+    draws = None
+    if TREE_DRAWS_PER_PAINTED is not None and len(keep) > len(y_painted):
+        draws = min(len(keep), max(int(TREE_DRAWS_PER_PAINTED * len(y_painted)), 2))
+    rf = RandomForestClassifier(n_estimators=int(n_trees), max_depth=int(max_depth), n_jobs=1, random_state=seed, max_samples=draws)
     rf.fit(x[keep], np.searchsorted(values, y[keep]))
     names = {int(k): str(v) for k, v in (class_names or {}).items()}
     colors = {int(k): str(v) for k, v in (class_colors or {}).items()}
