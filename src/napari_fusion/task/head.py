@@ -61,6 +61,7 @@ class PixelHead:
         if f.ndim != 3 or f.shape[-1] != self.n_features:
             raise ValueError(f"the head takes (H, W, {self.n_features}) features, got {tuple(f.shape)}")
         h, w, c = f.shape
+        self.forest.n_jobs = _n_jobs()
         p = self.forest.predict_proba(f.reshape(-1, c)).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(p.T)).reshape(1, len(self.values), h, w)
 
@@ -210,6 +211,12 @@ def _forest_from_arrays(a: Mapping[str, np.ndarray], n_features: int, n_classes:
     return rf
 
 
+def _n_jobs() -> int:
+    """Threads for the forest's fit and prediction: as many as torch may use (the trees release the
+    GIL; a benchmark that sets one torch thread gets one here too). The trees do not depend on it."""
+    return max(1, int(torch.get_num_threads()))
+
+
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
     depth = np.zeros(len(left), np.int64)
     for i in range(len(left)):  # children come after their parent (checked above)
@@ -282,7 +289,7 @@ def fit_head(
     draws = None
     if TREE_DRAWS_PER_PAINTED is not None and len(keep) > len(y_painted):
         draws = min(len(keep), max(int(TREE_DRAWS_PER_PAINTED * len(y_painted)), 2))
-    rf = RandomForestClassifier(n_estimators=int(n_trees), max_depth=int(max_depth), n_jobs=1, random_state=seed, max_samples=draws)
+    rf = RandomForestClassifier(n_estimators=int(n_trees), max_depth=int(max_depth), n_jobs=_n_jobs(), random_state=seed, max_samples=draws)
     rf.fit(x[keep], np.searchsorted(values, y[keep]))
     names = {int(k): str(v) for k, v in (class_names or {}).items()}
     colors = {int(k): str(v) for k, v in (class_colors or {}).items()}
