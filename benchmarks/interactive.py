@@ -40,7 +40,14 @@ CLASSES = {0: "background", 1: "person", 3: "car"}  # scored (bicycle, label 2, 
 def peer_features(*images: np.ndarray) -> np.ndarray:
     from skimage.feature import multiscale_basic_features
 
-    return np.concatenate([multiscale_basic_features(x, sigma_min=1, sigma_max=16) for x in images], -1)
+    n = _threads()  # the peer gets the threads our head gets (--threads)
+    return np.concatenate([multiscale_basic_features(x, sigma_min=1, sigma_max=16, num_workers=n) for x in images], -1)
+
+
+def _threads() -> int:
+    import torch
+
+    return max(1, int(torch.get_num_threads()))
 
 
 def fit_peer(feats: list[np.ndarray], strokes: list[np.ndarray], seed: int = 0):
@@ -48,7 +55,7 @@ def fit_peer(feats: list[np.ndarray], strokes: list[np.ndarray], seed: int = 0):
 
     x = np.concatenate([f[s > 0] for f, s in zip(feats, strokes)])
     y = np.concatenate([s[s > 0] for s in strokes])
-    return RandomForestClassifier(n_estimators=50, max_depth=10, n_jobs=1, random_state=seed).fit(x, y)
+    return RandomForestClassifier(n_estimators=50, max_depth=10, n_jobs=_threads(), random_state=seed).fit(x, y)
 
 
 def peer_predict(rf, feats: np.ndarray) -> np.ndarray:

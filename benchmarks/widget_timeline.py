@@ -7,7 +7,9 @@ from the click to the first update of the result Labels layer (its insertion), a
 update (the layer's ``events.data``). Per model (``gifnet``, ``tdfusion``): a first click with Steps
 0 (labels head only), then one more stroke and a second click (``gifnet``: head only again, its
 fusion is not trained; ``tdfusion``: ``--steps`` fusion steps after the instant result). Then
-**Live**: a new stroke, and the seconds from the mouse release to the Labels update. The same on a 3-slice BraTS mosaic (FLAIR/T1c slices side by
+**Live**: a new stroke, and the seconds from the mouse release to the Labels update. The same on a
+480x640 MSRS night pair opened from its files (strokes through its object boxes, ``multitaskvif-ivif``)
+and on a 3-slice BraTS mosaic (FLAIR/T1c slices side by
 side from the first ``labeled/BraTS2015_deepmedic/test`` case, read with
 ``napari_fusion.io.read_image``; strokes drawn from the ground truth) with ``multitaskvif``, when the
 shared data folder is there.
@@ -220,6 +222,51 @@ def _brats_mosaic(n: int = 3):
 
 
 # --------------------------------------------------------------------------------------------------
+# MSRS 480x640 pair with object boxes
+
+
+MSRS_NAMES = {1: "person", 2: "bicycle", 3: "car", 4: "background"}
+
+
+def _msrs_pair(n_background: int = 16, length: int = 30):
+    """(ir path, vi path, brush strokes, extra stroke, name) of the MSRS test-split night pair with the
+    most people (up to 3) and cars: a vertical stroke through each box's centre (half its height) and
+    short horizontal background strokes that touch no box or its 6-px ring, as a user marks objects."""
+    from napari_fusion.boxes import read_yolo, weak_labels
+    from napari_fusion.io import read_image
+    from napari_fusion.training.data import pair_split, shared_data_dir
+
+    root = shared_data_dir()
+    msrs = None if root is None else root / "ivif" / "MSRS"
+    if msrs is None or not (msrs / "boxes" / "fusion").is_dir():
+        return None
+    split = pair_split(msrs / "ir")
+    night = sorted(n for n, s in split.items() if s == "test" and "N" in n)
+    boxes_of = {n: read_yolo(msrs / "boxes" / "fusion" / (Path(n).stem + ".txt"), (480, 640), n_classes=3) for n in night}
+    name = max(night, key=lambda n: (min(sum(b.cls == 0 for b in boxes_of[n]), 3) + min(sum(b.cls == 2 for b in boxes_of[n]), 2), n))
+    shape = read_image(msrs / "ir" / name).data.shape[:2]
+    boxes = read_yolo(msrs / "boxes" / "fusion" / (Path(name).stem + ".txt"), shape, n_classes=3)
+    strokes = []  # (class, [(row, col), ...])
+    for bx in boxes:
+        cy, cx, h = (bx.y0 + bx.y1) / 2, (bx.x0 + bx.x1) / 2, bx.y1 - bx.y0
+        strokes.append((bx.label, [(y, cx) for y in np.linspace(cy - h / 4, cy + h / 4, max(2, int(h / 8)))]))
+    taken = weak_labels(boxes, shape, ignore_ring=6, ignore_value=9) > 0
+    rng, bg = np.random.default_rng(0), []
+    while len(bg) < n_background + 2:
+        y, x = int(rng.integers(4, shape[0] - 4)), int(rng.integers(0, shape[1] - length))
+        if not taken[max(y - 3, 0) : y + 4, x : x + length].any():
+            bg.append((4, [(y, x), (y, x + length / 2), (y, x + length)]))
+    y, x = bg[-1][1][0]
+    live = (4, int(y) - 1, int(x), int(x) + length)  # the Live stroke, as _paint_rows takes it
+    return msrs / "ir" / name, msrs / "vi" / name, strokes + bg[:-2], bg[-2], live, f"MSRS {name} (test, night)"
+
+
+def _paint_paths(layer, strokes) -> None:
+    for c, pts in strokes:
+        _brush(layer, c, pts)
+
+
+# --------------------------------------------------------------------------------------------------
 # report
 
 
@@ -307,6 +354,8 @@ def main(argv=None) -> int:
                    help="models on the IR/visible sample: each clicked with Steps 0, then after one more stroke with --steps")
     p.add_argument("--brats-model", default="multitaskvif")
     p.add_argument("--no-brats", action="store_true")
+    p.add_argument("--msrs-model", default="multitaskvif-ivif", help="model on the MSRS 480x640 pair")
+    p.add_argument("--no-msrs", action="store_true")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job before giving up")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "widget_timeline.md")
     args = p.parse_args(argv)
@@ -347,6 +396,38 @@ def main(argv=None) -> int:
         print(_row(image, r), flush=True)
     lives.append((image, w.current_entry().label, _live(viewer, w, watch, strokes, IVIF_LIVE_STROKE, args.timeout)))
     print(lives[-1], flush=True)
+
+    msrs = None if args.no_msrs else _msrs_pair()
+    if msrs is None and not args.no_msrs:
+        extra.append("MSRS: the shared data folder (`../shared/data`, `$NAPARI_FUSION_DATA`) was not found; no 480x640 row.")
+    if msrs is not None:
+        ir_path, vi_path, mstrokes, mextra, mlive, what = msrs
+        for layer in list(viewer.layers):
+            viewer.layers.remove(layer)
+        la, lb = viewer.open(str(ir_path), plugin=PLUGIN)[0], viewer.open(str(vi_path), plugin=PLUGIN)[0]
+        shape = la.data.shape[:2]
+        ml = _strokes_layer(viewer, shape, MSRS_NAMES)
+        _paint_paths(ml, mstrokes)
+        w.source_a.set_layer(la)
+        w.source_b.set_layer(lb)
+        w.strokes.set_layer(ml)
+        image = f"{what} {shape[0]}x{shape[1]}, {np.count_nonzero(ml.data)} px painted"
+        r = _finetune(viewer, w, watch, args.msrs_model, 0, args.timeout)
+        runs.append((image, r))
+        print(_row(image, r), flush=True)
+        _paint_paths(ml, [mextra])
+        image = f"{what} {shape[0]}x{shape[1]}, {np.count_nonzero(ml.data)} px painted"
+        r = _finetune(viewer, w, watch, w.model.label(), args.steps, args.timeout)
+        r["when"] = "one more stroke, click again (model's fused image cached)"
+        runs.append((image, r))
+        print(_row(image, r), flush=True)
+        lives.append((image, w.current_entry().label, _live(viewer, w, watch, ml, mlive, args.timeout)))
+        print(lives[-1], flush=True)
+        extra.append(
+            "MSRS strokes: a vertical stroke through the centre of each object box (half its height) and 16 short "
+            "horizontal background strokes that touch no box or its 6-px ring, drawn from `boxes/fusion` of the pair; "
+            "classes person, bicycle, car and one named background (class 0 of the result)."
+        )
 
     mosaic = None if args.no_brats else _brats_mosaic()
     if mosaic is None and not args.no_brats:

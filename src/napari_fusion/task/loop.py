@@ -23,7 +23,7 @@ import numpy as np
 
 from ..methods.runner import as_runner
 from .head import fit_head
-from .tuned import TunedRunner, base_label_values, head_features, segments
+from .tuned import TunedRunner, base_label_values, fuse_with_base_labels, head_features
 
 __all__ = ["TuneProgress", "tune_steps", "base_of"]
 
@@ -87,7 +87,7 @@ def _fit(base, a, b, labels, head_kw, cache=None):
     if cache and "features" in cache:
         fused, base_labels, feats = cache["fused"], cache["base_labels"], cache["features"]
     else:
-        fused, base_labels = _engine_fuse(base, a, b)
+        fused, base_labels = fuse_with_base_labels(base, a, b)
         values = base_label_values(base)
         feats = head_features(a, b, fused, base_labels, values, as_runner(base).device)
         if cache is not None:
@@ -107,16 +107,6 @@ def _fit(base, a, b, labels, head_kw, cache=None):
             gate = CORRECTIONS_GATE
     head = fit_head(feats, labels, replay=replay, priors=priors, gate=gate, base_labels=base_labels, **head_kw)
     return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
-
-
-def _engine_fuse(base, a, b) -> tuple[np.ndarray, np.ndarray | None]:
-    """The base's fused image (and labels, for a segmenting base) as ``fuse`` gives them: the engine's
-    alignment and tiles (a large mosaic runs in the runner's preferred tiles, as fusing it would)."""
-    from ..engine.pipeline import run_unit_steps
-    from ..engine.tiling import drain
-
-    fused, labels = drain(run_unit_steps(base, np.asarray(a, np.float32), np.asarray(b, np.float32), labels=segments(base)), None)
-    return fused, labels
 
 
 def _base_replay(labels, base_labels, background_value, seed) -> np.ndarray | None:
