@@ -281,6 +281,33 @@ def test_live_refits_after_each_new_stroke(tab, qtbot):
     assert not w.live_running and 8 not in np.unique(labels.data)
 
 
+def test_a_stroke_prepares_the_model_so_the_click_only_fits_the_head(tab, qtbot, monkeypatch):
+    viewer, w, strokes = tab
+    w.model.select(_need("gifnet"))
+    qtbot.wait(50)  # (a model change with strokes present may start a preparation too)
+    _spin_until(qtbot, lambda: w._prepare_thread is None or not w._prepare_thread.is_alive())
+    w._cache.clear()
+    _brush(strokes, 3, [(20.0, float(x)) for x in range(40, 200, 20)])  # one more stroke, Live off
+    assert not w.running and not w.live_running  # nothing to show: no job, no layer
+    _spin_until(qtbot, lambda: "features" in w._cache.tune)  # prepared in the background
+    tune = w._cache.tune
+    assert tune["fused"].shape == tune["features"].shape[:2] == strokes.data.shape
+    feats = tune["features"]
+    # the click reuses the preparation: the model does not fuse again
+    runner = w._cache.runners[("gifnet", "cpu")]
+    monkeypatch.setattr(runner, "fuse", lambda *a: (_ for _ in ()).throw(AssertionError("fused again")))
+    w.steps.setValue(0)
+    w.finetune()
+    _wait_done(qtbot, w)
+    assert w.progress.format() == "done"
+    assert w._cache.tune["features"] is feats
+    assert set(np.unique(viewer.layers["gifnet tuned labels (ir + vi)"].data)) == {1, 2, 3}
+
+
+def _spin_until(qtbot, cond) -> None:
+    qtbot.waitUntil(cond, timeout=WAIT)
+
+
 def test_reset_removes_the_tuned_layers_only(tab, qtbot):
     viewer, w, strokes = tab
     w.model.select(_need("gifnet"))

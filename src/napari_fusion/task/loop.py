@@ -25,7 +25,7 @@ from ..methods.runner import as_runner
 from .head import fit_head
 from .tuned import TunedRunner, base_label_values, fuse_with_base_labels, head_features
 
-__all__ = ["TuneProgress", "tune_steps", "base_of"]
+__all__ = ["TuneProgress", "tune_steps", "base_of", "prepare_instant"]
 
 
 @dataclass
@@ -84,14 +84,8 @@ def _fit(base, a, b, labels, head_kw, cache=None):
     :data:`REPLAY_FRACTION` of the unpainted pixels (capped by :data:`REPLAY_PER_PAINTED`) join the strokes, so the head keeps what the base
     knows where nothing was painted. ``cache``: see :func:`tune_steps`.
     """
-    if cache and "features" in cache:
-        fused, base_labels, feats = cache["fused"], cache["base_labels"], cache["features"]
-    else:
-        fused, base_labels = fuse_with_base_labels(base, a, b)
-        values = base_label_values(base)
-        feats = head_features(a, b, fused, base_labels, values, as_runner(base).device)
-        if cache is not None:
-            cache.update(fused=fused, base_labels=base_labels, features=feats)
+    got = prepare_instant(base, a, b, {} if cache is None else cache)
+    fused, base_labels, feats = got["fused"], got["base_labels"], got["features"]
     replay, priors, gate = None, None, None
     if base_labels is not None:
         replay = _base_replay(labels, base_labels, head_kw.get("background_value"), head_kw.get("seed", 0))
@@ -107,6 +101,18 @@ def _fit(base, a, b, labels, head_kw, cache=None):
             gate = CORRECTIONS_GATE
     head = fit_head(feats, labels, replay=replay, priors=priors, gate=gate, base_labels=base_labels, **head_kw)
     return TunedRunner(base, head), fused, head.last_decision[0]  # = head.predict(feats), computed while fitting
+
+
+def prepare_instant(base, a, b, cache: dict) -> dict:
+    """What the instant result needs before any stroke: the model's fused image, its own labels (a
+    segmenting model) and the head's features of A, B and the fused image, stored in ``cache`` (a
+    dict kept for one model and one pair; left as it is when it holds them). A viewer can run this
+    while the user paints, so that a click only fits the head."""
+    if "features" not in cache:
+        fused, base_labels = fuse_with_base_labels(base, a, b)
+        feats = head_features(a, b, fused, base_labels, base_label_values(base), as_runner(base).device)
+        cache.update(fused=fused, base_labels=base_labels, features=feats)
+    return cache
 
 
 def _base_replay(labels, base_labels, background_value, seed) -> np.ndarray | None:

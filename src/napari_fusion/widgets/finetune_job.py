@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FINETUNE_FAMILIES", "TuneCache", "TuneView", "fingerprint", "trainable", "tune_job", "tuned_label", "warm_up"]
+__all__ = ["FINETUNE_FAMILIES", "TuneCache", "TuneView", "fingerprint", "prepare_job", "trainable", "tune_job", "tuned_label", "warm_up"]
 
 FINETUNE_FAMILIES = ("TDFusion", "MultiTaskVIF")  # families whose fusion trains on the strokes (Steps > 0)
 
@@ -84,9 +84,12 @@ class TuneView:
 class TuneCache:
     """One model's work on one pair, kept between jobs so that Live refits only fit the head.
 
-    Used from one worker at a time (the widget never runs two jobs that use it at once)."""
+    ``lock`` is held while a job builds the model or fills the cache: a preparation started while
+    the user paints (:func:`prepare_job`) and the Fine-tune or Live job after it take turns, the
+    later one finding the work done."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.runners: dict[tuple[str, str], Any] = {}  # shipped methods built once per device
         self.key: tuple | None = None
         self.base = None  # held so that the key's id() stays this model's
@@ -133,8 +136,8 @@ def tune_job(req: dict, steps: int, cache: TuneCache, *, refresh_seconds: float)
         from ..task.loop import tune_steps
 
         device = resolve_device(req["device"])
-        runner = req["runner"] if req["runner"] is not None else cache.runner(req["label"], device)
-        prepared, tune_cache = cache.pair(runner, req["xa"], req["xb"], req["src_kw"], req["names"])
+        with cache.lock:  # (waits for a preparation still running; then its work is here)
+            runner, prepared, tune_cache = _prepared(req, cache, device)
         loop = tune_steps(
             runner, prepared.a, prepared.b, req["labels"], steps=steps, lr=lr, class_names=req["class_names"],
             class_colors=req["colors"], background_value=req["background"], device=device,
@@ -153,3 +156,34 @@ def tune_job(req: dict, steps: int, cache: TuneCache, *, refresh_seconds: float)
             yield TuneView(p, shown, prepared.grid)
 
     return gen
+
+
+def _prepared(req: dict, cache: TuneCache, device):
+    """(model, prepared pair, filled tune cache) of a request; called with ``cache.lock`` held."""
+    from ..task.loop import prepare_instant
+
+    runner = req["runner"] if req["runner"] is not None else cache.runner(req["label"], device)
+    prepared, tune_cache = cache.pair(runner, req["xa"], req["xb"], req["src_kw"], req["names"])
+    prepare_instant(runner, prepared.a, prepared.b, tune_cache)
+    return runner, prepared, tune_cache
+
+
+def prepare_job(req: dict, cache: TuneCache) -> threading.Thread:
+    """Start computing, in a background thread, what the first labels need before any stroke (the
+    model's fused image and labels, the head's features; like an interactive segmenter's image
+    embedding), so that a click while or after painting only fits the head. ``req``: sources,
+    model and device as the widget read them on the GUI thread. Failures are left for the click
+    to report (it runs the same steps and says what is wrong)."""
+
+    def work() -> None:
+        from ..engine.device import resolve_device
+
+        try:
+            with cache.lock:
+                _prepared(req, cache, resolve_device(req["device"]))
+        except Exception:  # noqa: BLE001 - the Fine-tune click repeats it and reports the error
+            pass
+
+    t = threading.Thread(target=work, name="napari-fusion fine-tune preparation", daemon=True)
+    t.start()
+    return t

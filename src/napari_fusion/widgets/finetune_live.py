@@ -1,21 +1,25 @@
 """Live, the Fine-tune widget's "refit as I paint": after each finished stroke (debounced), the labels
 head is refitted on the chosen model's fused image in the background, without fusion training;
-painting never waits for it, and only the newest refit's result is shown."""
+painting never waits for it, and only the newest refit's result is shown.
+
+Without Live, a stroke still starts the *preparation* in the background (the model's fused image and
+labels, the head's features: what no stroke changes), so that the click only fits the head."""
 from __future__ import annotations
 
 import time
 
 from qtpy.QtCore import QTimer
 
-from .finetune_job import TuneView
+from .finetune_job import TuneView, prepare_job
 from .finetune_strokes import StrokesWatcher
 from .job import Task, error_text
-from .layers import is_alive
+from .layers import is_alive, layer_array
 from .results import fused_layer_name, labels_layer_name
 
-__all__ = ["LIVE_DELAY_MS", "LiveRefits"]
+__all__ = ["LIVE_DELAY_MS", "PREPARE_DELAY_MS", "LiveRefits"]
 
 LIVE_DELAY_MS = 500  # Live: refit this long after the last finished stroke
+PREPARE_DELAY_MS = 200  # start preparing this long after a stroke (or a model change)
 
 
 class LiveRefits:
@@ -34,8 +38,14 @@ class LiveRefits:
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self.live_refit)
+        self._prepare_thread = None  # the background preparation (prepare_job), if one ran
+        self._prepare_timer = QTimer(self)
+        self._prepare_timer.setSingleShot(True)
+        self._prepare_timer.setInterval(PREPARE_DELAY_MS)
+        self._prepare_timer.timeout.connect(self.prepare_ahead)
         self.strokes.currentIndexChanged.connect(lambda *_: self._watch_strokes())
         self.live.toggled.connect(self._on_live_toggled)
+        self.model.changed.connect(self._on_model_changed)
 
     @property
     def live_running(self) -> bool:
@@ -51,15 +61,41 @@ class LiveRefits:
 
     def _watch_strokes(self) -> None:
         """Listen to the chosen strokes layer's edits (a finished stroke, a fill, new data, undo)."""
-        self._watcher.watch(self.strokes.layer() if self.live.isChecked() else None)
+        self._watcher.watch(self.strokes.layer())
 
     def _on_strokes_changed(self, event=None) -> None:
-        if not is_alive(self) or not self.live.isChecked():
+        if not is_alive(self):
+            return
+        if not self.live.isChecked():
+            self._prepare_timer.start()
             return
         if self.running:
             self._strokes_dirty = True
             return
         self._live_timer.start()  # (re)start: one refit after the user pauses
+
+    def _on_model_changed(self, *_) -> None:
+        layer = self.strokes.layer()
+        if is_alive(self) and layer is not None and getattr(layer, "data", None) is not None and layer.data.any():
+            self._prepare_timer.start()  # strokes are there: the next click will want this model's work
+
+    def prepare_ahead(self):
+        """Prepare the chosen model's work on the chosen pair in the background (nothing to show;
+        skipped while a job runs or one is preparing). Returns the thread, or None."""
+        if not is_alive(self) or self.running or self.live_running:
+            return None
+        if self._prepare_thread is not None and self._prepare_thread.is_alive():
+            return None
+        src = self._sources("prepare", quiet=True)
+        label = self.model.label()
+        if src is None or not label:
+            return None
+        a, b, src_kw = src
+        entry = self.current_entry()
+        req = {"xa": layer_array(a), "xb": layer_array(b), "src_kw": src_kw, "names": (a.name, b.name), "label": label,
+               "runner": entry.runner if entry is not None else None, "device": self.device.device()}
+        self._prepare_thread = prepare_job(req, self._cache)
+        return self._prepare_thread
 
     def _supersede_live(self) -> None:
         """Results of Live refits requested so far are no longer shown."""
