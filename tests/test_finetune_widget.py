@@ -302,6 +302,18 @@ def test_a_stroke_prepares_the_model_so_the_click_only_fits_the_head(tab, qtbot,
     assert w.progress.format() == "done"
     assert w._cache.tune["features"] is feats
     assert set(np.unique(viewer.layers["gifnet tuned labels (ir + vi)"].data)) == {1, 2, 3}
+    # with the tuned model chosen, a new stroke prepares its base's work (a head is refitted on the
+    # base, never stacked on the tuned head), and the next click tunes on
+    assert w.current_entry().label == "gifnet tuned"
+    monkeypatch.undo()  # (the model fuses again: the cache is emptied)
+    w._cache.clear()
+    _brush(strokes, 4, [(288.0, float(x)) for x in range(60, 420, 20)])
+    _spin_until(qtbot, lambda: "features" in w._cache.tune and not w._prepare_thread.is_alive())
+    assert w._cache.tune["features"].shape[-1] == feats.shape[-1]
+    w.finetune()
+    _wait_done(qtbot, w)
+    assert w.progress.format() == "done", w.status.text()
+    assert set(np.unique(viewer.layers["gifnet tuned labels (ir + vi)"].data)) == {1, 2, 3, 4}
 
 
 def _spin_until(qtbot, cond) -> None:

@@ -108,6 +108,7 @@ def prepare_instant(base, a, b, cache: dict) -> dict:
     segmenting model) and the head's features of A, B and the fused image, stored in ``cache`` (a
     dict kept for one model and one pair; left as it is when it holds them). A viewer can run this
     while the user paints, so that a click only fits the head."""
+    base = base_of(base)  # a tuned model is refitted on its base
     if "features" not in cache:
         fused, base_labels = fuse_with_base_labels(base, a, b)
         feats = head_features(a, b, fused, base_labels, base_label_values(base), as_runner(base).device)
