@@ -41,7 +41,7 @@ def peer_features(*images: np.ndarray) -> np.ndarray:
     from skimage.feature import multiscale_basic_features
 
     n = _threads()  # the peer gets the threads our head gets (--threads)
-    return np.concatenate([multiscale_basic_features(x, sigma_min=1, sigma_max=16, num_workers=n) for x in images], -1)
+    return np.concatenate([multiscale_basic_features(x, sigma_min=1, sigma_max=16, workers=n) for x in images], -1)
 
 
 def _threads() -> int:
