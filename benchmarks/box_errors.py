@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         test = test[: args.limit]
     names = {1: "person", 2: "bicycle", 3: "car"}
     bins = {part: {c: dict.fromkeys(BINS, 0) for c in SCORED} for part in ("night", "day")}
-    variants = {"per-class components (as `detect`), scored by size and fill": [], "all objects as one foreground, majority class": [],
+    variants = {"per-class components of the labels, scored by size and fill": [], "all objects as one foreground, majority class": [],
                 "per-class components split by a distance-transform watershed": []}
     truths, shipped = [], []
     for i, n in enumerate(test):
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         for t in truth:
             if t.cls in SCORED:
                 bins[part][t.cls][classify(t, boxes)] += 1
-        variants["per-class components (as `detect`), scored by size and fill"].append(boxes_from_labels(lab, list(names.items())))
+        variants["per-class components of the labels, scored by size and fill"].append(boxes_from_labels(lab, list(names.items())))
         variants["all objects as one foreground, majority class"].append(foreground_components(lab, names))
         variants["per-class components split by a distance-transform watershed"].append(watershed_split(lab, names))
         if (i + 1) % 10 == 0:
@@ -172,6 +172,17 @@ def main(argv=None) -> int:
                            ", ".join(f"{k} {v}" for k, v in dict(s.n_pred).items())])
     score_table = markdown_table(["boxes from the labels", "mAP@0.5", "AP person", "AP car", "predicted boxes"], score_rows)
 
+    from napari_fusion.engine.pipeline import resolve_runner
+
+    has_head = getattr(getattr(resolve_runner(args.model, "cpu")[0], "net", None), "det", None) is not None
+    reading = ("Reading: the model has a detection head (object centres and sizes, `methods/detection.py`), so "
+               "`detect` gives its boxes and the bins above are the head's; the other rows are what the labels' "
+               "connected components would give: a group of people standing together is one component there."
+               if has_head else
+               "Reading: pixel labels that are right inside the boxes (inner-box IoU in ivif_task.md) still give few "
+               "boxes at IoU 0.5, because a group of people standing together is one connected component; splitting "
+               "the components afterwards recovers little. Detection needs the objects themselves from the network "
+               "(centres and sizes, as a detection head gives), not post-processing of a semantic segmentation.")
     cmd = "python benchmarks/box_errors.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = f"""# What becomes of each true object: `{args.model}` on the MSRS test split
 
@@ -191,10 +202,7 @@ re-extractions score each box by its size and how much of it the component fills
 
 {score_table}
 
-Reading: pixel labels that are right inside the boxes (inner-box IoU in ivif_task.md) still give few
-boxes at IoU 0.5, because a group of people standing together is one connected component; splitting
-the components afterwards recovers little. Detection needs the objects themselves from the network
-(centres and sizes, as a detection head gives), not post-processing of a semantic segmentation.
+{reading}
 """
     write_text(args.out, text)
     print(text)

@@ -426,3 +426,65 @@ def test_segment_widget_boxes_checkbox(make_napari_viewer, qtbot):
     names = [layer.name for layer in viewer.layers]
     assert names.index("blobs boxes (ir + vi)") == names.index("blobs labels (ir + vi)") + 1
     assert sorted(shapes.features["name"]) == ["car", "person"]
+
+
+# --------------------------------------------------------------------------- detection head
+def test_centre_targets_decode_back_to_their_boxes():
+    """The training targets of a set of boxes (touching people among them), read back by the decoder
+    as a perfect head would give them, are the boxes again: centres and sizes survive the 1/2 grid."""
+    import torch
+
+    from napari_fusion.methods.detection import decode_boxes
+    from napari_fusion.training.det_head import centre_targets
+
+    truth = [Box(0, 100, 50, 130, 120), Box(0, 128, 52, 160, 124), Box(2, 300, 200, 420, 260), Box(1, 20, 300, 60, 330)]
+    heat, size, mask = centre_targets(truth, (480, 640), 3)
+    assert heat.shape == (3, 240, 320) and size.shape == (2, 240, 320) and mask.sum() == 4
+    assert heat.max() == 1.0 and (heat == 1.0).sum() == 4  # one centre per box
+    logits = torch.logit(torch.from_numpy(heat).clamp(1e-4, 1 - 1e-4))
+    found = decode_boxes(logits, torch.from_numpy(size), (480, 640), {0: "person", 1: "bicycle", 2: "car"}, min_score=0.5)
+    assert len(found) == 4
+    for t in truth:  # the two touching people stay two boxes
+        best = max((f for f in found if f.cls == t.cls), key=lambda f: f.iou(t))
+        assert best.iou(t) > 0.85, (t, best)
+    assert {f.name for f in found} == {"person", "bicycle", "car"}
+
+
+def test_decode_refuses_maps_of_different_shapes():
+    import torch
+
+    from napari_fusion.methods.detection import decode_boxes
+
+    with pytest.raises(ValueError, match="heat"):
+        decode_boxes(torch.zeros(3, 10, 10), torch.zeros(2, 10, 12), (20, 20))
+
+
+def test_a_detection_head_is_saved_loaded_and_used_by_detect(tmp_path):
+    import torch
+
+    from napari_fusion.methods.multitask import ivif_classes, new_runner
+
+    runner = new_runner(ivif_classes(), seed=0)
+    assert runner.detect_boxes(np.zeros((40, 48)), np.zeros((40, 48))) is None  # no head: detect uses components
+    torch.manual_seed(0)
+    runner.net.attach_detector(8)
+    with torch.no_grad():  # a head that sees a "car" centre wherever source A is bright
+        for m in runner.net.det.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+                m.bias.zero_()
+        runner.net.det.heat.bias.fill_(-8.0)
+        runner.net.det.size.bias.fill_(np.log(6.0))
+    a = np.zeros((64, 80), np.float32)
+    b = np.zeros_like(a)
+    path = nf.save_model(runner, tmp_path / "det.safetensors")
+    back = nf.load_model(path, device="cpu")
+    assert back.net.det is not None and back.net.config["det_width"] == 8
+    for name, t in runner.net.det.state_dict().items():
+        assert torch.equal(t, back.net.det.state_dict()[name])
+    assert back.detect_boxes(a, b) == []  # everything below the score floor
+    with torch.no_grad():
+        back.net.det.heat.bias[2] = 8.0  # "car" everywhere: peaks on the plateau
+    boxes = nf.detect(a, b, back, device="cpu")
+    assert boxes and {x.name for x in boxes} == {"car"} and all(x.score > 0.99 for x in boxes)
+    assert all(abs((x.x1 - x.x0) - 12.0) < 1e-3 or x.x0 == 0.0 or x.x1 == 80.0 for x in boxes)

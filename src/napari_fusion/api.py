@@ -265,12 +265,14 @@ def detect(
     name: str | None = None,
     **kw: Any,
 ) -> list:
-    """Objects as boxes: fuse and segment a pair, then one box per connected component of each class.
+    """Objects as boxes: fuse and segment a pair, then the objects' boxes.
 
-    Runs exactly :func:`fuse` ``(a, b, method, full=True, segment=True)`` and turns its labels
-    (on A's grid, 2-D) into :class:`napari_fusion.boxes.Box` es with :func:`napari_fusion.boxes.boxes_from_labels`:
-    label value ``v`` -> YOLO class ``v - 1`` named by the method's class ``v``; components under
-    ``min_area`` pixels are dropped; the score is size-based (the runners give no probabilities).
+    Runs exactly :func:`fuse` ``(a, b, method, full=True, segment=True)``. A model with a detection
+    head (``multitaskvif-ivif``: object centres and sizes) gives its boxes, scored by the centre's
+    probability. Otherwise its labels (on A's grid, 2-D) become :class:`napari_fusion.boxes.Box` es
+    with :func:`napari_fusion.boxes.boxes_from_labels`: label value ``v`` -> YOLO class ``v - 1``
+    named by the method's class ``v``; components under ``min_area`` pixels are dropped; the score is
+    size-based.
     With ``viewer`` the fused Image and Labels layers of :func:`fuse` are shown and a Shapes layer
     ``"{method} boxes ({a} + {b})"`` of rectangles (edge colour per class, class name as text) is
     put next to the Labels layer, placed with A's scale/translate. Example::
@@ -281,12 +283,15 @@ def detect(
     from .boxes import boxes_from_labels, show_boxes
 
     sa, sb = as_input(a, "A"), as_input(b, "B")
-    res = fuse(sa, sb, method, viewer=viewer, device=device, tile=tile, progress=progress, name=name, full=True, segment=True, **kw)
+    res = fuse(sa, sb, method, viewer=viewer, device=device, tile=tile, progress=progress, name=name, full=True, segment=True,
+               boxes=True, **kw)
     if res.labels is None:
         raise ValueError(f"method {res.method!r} gave no labels; detect needs a segmenting method (see methods(segmenting_only=True))")
     if np.ndim(res.labels) != 2:
         raise ValueError(f"detect takes 2-D images (labels are {np.shape(res.labels)}); pick one slice of the volumes")
-    boxes = boxes_from_labels(res.labels, res.classes, min_area=min_area)
+    # a model with a detection head gives its boxes (object centres and sizes: touching objects stay
+    # apart); else one box per connected component of each class of the labels
+    boxes = res.boxes if res.boxes is not None else boxes_from_labels(res.labels, res.classes, min_area=min_area)
     if viewer is not None:
         labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}

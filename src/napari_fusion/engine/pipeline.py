@@ -82,6 +82,22 @@ class FusionResult:
     grid: Grid
     method: str
     classes: tuple | None = None
+    boxes: list | None = None  # object boxes from a detection head (``boxes=True``), on A's grid
+
+
+# a model's detection head runs on the whole 2-D plane (no tiles): above this many pixels, boxes come
+# from the labels' connected components instead
+DETECT_MAX_PIXELS = 16_000_000
+
+
+def detector_boxes(runner: Any, prepared: Any) -> list | None:
+    """Boxes of a runner's detection head (``detect_boxes``) on a prepared 2-D pair, or None (no
+    head, a volume, or a plane too large to run whole)."""
+    fn = getattr(as_runner(runner), "detect_boxes", None) or getattr(getattr(as_runner(runner), "obj", None), "detect_boxes", None)
+    a = np.asarray(prepared.a)
+    if fn is None or prepared.kind == "volume" or a.ndim != 2 or a.size > DETECT_MAX_PIXELS:
+        return None
+    return fn(prepared.a, prepared.b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,6 +275,7 @@ def fuse_steps(
     segment: bool = False,
     channel_axis_b: int | None = None,
     names: tuple[str, str] | None = None,
+    boxes: bool = False,
 ) -> Generator[Progress, None, FusionResult]:
     """Fuse A and B; a generator that yields :class:`Progress` between tiles/slices, returns a :class:`FusionResult`.
 
@@ -266,6 +283,7 @@ def fuse_steps(
     a fine-tuned model). ``tile``: None tiles automatically (planes above the runner's preferred tile,
     else above ~4 Mpx), 0 never tiles, N uses N-pixel tiles.
     ``segment=True`` asks a segmenting method for labels (segmenting methods give them anyway).
+    ``boxes=True`` also runs a model's object detection head, if it has one (``FusionResult.boxes``).
     The caller cancels by no longer iterating. Example::
 
         gen = fuse_steps(ir, vi, "laplacian")
@@ -280,7 +298,8 @@ def fuse_steps(
     halo = halo_of(runner, m)
     fused_u, labels = yield from run_steps(runner, prepared, labels=want, tile=tile, overlap=overlap, halo=halo)
     out = finish(fused_u, prepared)
-    return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None)
+    found = detector_boxes(runner, prepared) if boxes else None
+    return FusionResult(out, labels, prepared.grid, name, _classes(runner, m) if want else None, found)
 
 
 class _SegmentOnly(WrappedRunner):

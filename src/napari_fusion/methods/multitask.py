@@ -33,7 +33,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .torch_runner import SingleNetRunner, check_pair, count_parameters, resolve_torch_device, sub_state, tensor_to_unit
+from .torch_runner import (SingleNetRunner, check_pair, count_parameters, pad_to_multiple, resolve_torch_device, sub_state,
+                           tensor_to_unit, to_tensor)
 from .registry import ClassInfo, Method, register, register_family, weights_builder
 from .segmenter import ChannelNorm
 
@@ -87,7 +88,7 @@ class MultiTaskNet(nn.Module):
 
     pad_multiple = 8
 
-    def __init__(self, n_classes: int = 5, widths: Sequence[int] = (16, 24, 32, 48), stem: int = 8):
+    def __init__(self, n_classes: int = 5, widths: Sequence[int] = (16, 24, 32, 48), stem: int = 8, det_width: int = 0):
         super().__init__()
         if int(n_classes) < 1:
             raise ValueError(f"MultiTaskNet needs at least one class, got n_classes={n_classes}")
@@ -112,6 +113,9 @@ class MultiTaskNet(nn.Module):
         self.seg_up = nn.Conv2d(w1, w0, 1, bias=False)
         self.seg_body = nn.Sequential(_ConvNormAct(2 * w0, w0), _ConvNormAct(w0, w0))
         self.seg_out = nn.Conv2d(w0, int(n_classes), 1, bias=True)
+        self.det = None  # an object detection head (centres + sizes), see attach_detector
+        if int(det_width) > 0:
+            self.attach_detector(int(det_width))
 
     @property
     def n_classes(self) -> int:
@@ -144,6 +148,28 @@ class MultiTaskNet(nn.Module):
         """One pass: ``(fused, logits)``."""
         e0, d1 = self.features(a, b)
         return self.fusion_path(e0, d1, a, b), self.segmentation_path(e0, d1)
+
+    def attach_detector(self, width: int = 32) -> "MultiTaskNet":
+        """Add a :class:`~napari_fusion.methods.detection.DetHead` (one heat map per object class, i.e.
+        every class but 0) on the decoder's 1/2-resolution features and the pooled class probabilities."""
+        from .detection import DetHead
+
+        w1 = self.dec1.c2[0].out_channels
+        self.det = DetHead(w1 + self.n_classes, self.n_classes - 1, int(width))
+        self.config["det_width"] = int(width)
+        return self
+
+    def detection_inputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """What the detection head reads: ``d1`` and the class probabilities pooled to 1/2 resolution."""
+        e0, d1 = self.features(a, b)
+        probs = self.segmentation_path(e0, d1).softmax(1)
+        return torch.cat([d1, F.avg_pool2d(probs, 2)], 1)
+
+    def detection_maps(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heat logits and log half-sizes at 1/2 resolution (needs :meth:`attach_detector`)."""
+        if self.det is None:
+            raise RuntimeError("this network has no detection head")
+        return self.det(self.detection_inputs(a, b))
 
     def fuse_only(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The fused image alone (skips the segmentation path's compute)."""
@@ -283,6 +309,22 @@ class MultiTaskRunner(SingleNetRunner):
         self._eval()
         _, lg = self.run_padded(self.net, a, b)
         return lg[0].float().to("cpu").numpy()
+
+    def detect_boxes(self, a: np.ndarray, b: np.ndarray) -> list | None:
+        """Object boxes of a unit source pair from the detection head (None: the model has none)."""
+        if getattr(self.net, "det", None) is None:
+            return None
+        from .detection import decode_boxes
+
+        a, b = check_pair(a, b)
+        self._eval()
+        with torch.inference_mode():
+            ta, hw = pad_to_multiple(to_tensor(a, self.device), self.pad_multiple)
+            tb, _ = pad_to_multiple(to_tensor(b, self.device), self.pad_multiple)
+            heat, size = self.net.detection_maps(ta, tb)
+            h2, w2 = (hw[0] + 1) // 2, (hw[1] + 1) // 2
+            names = {c.index - 1: c.name for c in self.classes if c.index > 0}
+            return decode_boxes(heat[0, :, :h2, :w2].cpu(), size[0, :, :h2, :w2].cpu(), hw, names)
 
     # --- persistence ---------------------------------------------------------------------------
     def to_bundle(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
