@@ -280,7 +280,7 @@ def detect(
         boxes = detect(ir, vi, "tdfusion-brats")
         write_yolo("found.txt", boxes, ir.shape[:2])   # from napari_fusion.boxes
     """
-    from .boxes import boxes_from_labels, show_boxes
+    from .boxes import result_boxes, show_boxes
 
     sa, sb = as_input(a, "A"), as_input(b, "B")
     res = fuse(sa, sb, method, viewer=viewer, device=device, tile=tile, progress=progress, name=name, full=True, segment=True,
@@ -291,7 +291,7 @@ def detect(
         raise ValueError(f"detect takes 2-D images (labels are {np.shape(res.labels)}); pick one slice of the volumes")
     # a model with a detection head gives its boxes (object centres and sizes: touching objects stay
     # apart); else one box per connected component of each class of the labels
-    boxes = res.boxes if res.boxes is not None else boxes_from_labels(res.labels, res.classes, min_area=min_area)
+    boxes = result_boxes(res, min_area=min_area)
     if viewer is not None:
         labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}

@@ -8,7 +8,7 @@ import numpy as np
 
 from .box import DEFAULT_MIN_AREA, Box, class_names_of
 
-__all__ = ["weak_labels", "boxes_from_labels"]
+__all__ = ["weak_labels", "boxes_from_labels", "result_boxes"]
 
 _SIZE_SCALE = 16.0  # pixels: the size discount of the score without probabilities (area / (area + 16))
 
@@ -114,3 +114,11 @@ def boxes_from_labels(
             out.append(Box(v - 1, float(c0), float(r0), float(c1), float(r1), score, names.get(v, f"class {v}")))
     out.sort(key=lambda b: (-b.score, b.cls, b.y0, b.x0))
     return out
+
+
+def result_boxes(result: Any, classes: Any = None, *, min_area: int = DEFAULT_MIN_AREA) -> list[Box]:
+    """The boxes of a fusion result: its model's detection-head boxes (``result.boxes``) when it has
+    them, else one per connected component of each class of ``result.labels`` (2-D)."""
+    if getattr(result, "boxes", None) is not None:
+        return list(result.boxes)
+    return boxes_from_labels(result.labels, classes if classes is not None else result.classes, min_area=min_area)

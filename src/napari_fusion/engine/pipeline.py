@@ -332,18 +332,21 @@ def segment_steps(
     tile: int | Sequence[int] | None = None,
     overlap: int = 32,
     channel_axis_b: int | None = None,
+    boxes: bool = False,
 ) -> Generator[Progress, None, FusionResult]:
     """Labels from a segmenting method, for the API and the Segment widget alike.
 
     With ``b`` the pair is fused and segmented (:func:`fuse_steps` with ``segment=True``); without,
     ``a`` is taken as an image that is already fused and only segmented (``result.fused`` is A).
+    ``boxes=True``: a pair's boxes from the model's detection head too, if it has one.
     """
     runner, name, m = resolve_runner(method, device)
     if not segments_of(runner, m):
         _refuse_non_segmenting(name)
     if b is not None:
         return (yield from fuse_steps(a, b, runner if m is None else m, grid_a=grid_a, grid_b=grid_b, rgb_a=rgb_a, rgb_b=rgb_b,
-                                      device=device, tile=tile, overlap=overlap, segment=True, channel_axis_b=channel_axis_b))
+                                      device=device, tile=tile, overlap=overlap, segment=True, channel_axis_b=channel_axis_b,
+                                      boxes=boxes))
     prepared = prepare_pair(a, a, grid_a=grid_a, grid_b=grid_a, rgb_a=rgb_a, rgb_b=rgb_a, input_intensity=input_intensity_of(runner))
     one = _SegmentOnly(runner, name=name, halo=halo_of(runner, m))
     fused_u, labels = yield from run_steps(one, prepared, labels=True, tile=tile, overlap=overlap, halo=one.halo)

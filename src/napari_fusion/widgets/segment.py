@@ -143,6 +143,8 @@ class SegmentWidget(JobWidget):
         try:
             kw = {**source_kwargs(first, "a"), **(source_kwargs(second, "b") if pair else {})}
             kw.update(device=self.device.device())
+            if pair and self.boxes.isChecked():
+                kw.update(boxes=True)  # a model's detection head, if it has one
         except Exception as err:  # noqa: BLE001
             return self.refuse(f"Segmentation of {first.name!r}: {error_text(err)}")
         xa, xb = layer_array(first), (layer_array(second) if pair else None)
@@ -182,9 +184,9 @@ class SegmentWidget(JobWidget):
         )
         shown.append(layer.name)
         if self.boxes.isChecked() and result.labels.ndim == 2:
-            from ..boxes import boxes_from_labels, show_boxes
+            from ..boxes import result_boxes, show_boxes
 
-            found = boxes_from_labels(result.labels, classes)
+            found = result_boxes(result, classes)
             bname = boxes_name(label, first.name, getattr(second, "name", None))
             bl = show_boxes(self.viewer, found, bname, classes=classes, like=layer, after=layer.name, metadata={META_KEY: {**meta, "role": "boxes"}})
             shown.append(bl.name)
