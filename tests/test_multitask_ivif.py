@@ -181,3 +181,29 @@ def test_shipped_model_finds_the_person_on_a_real_night_test_pair():
     assert persons and {b.name for b in persons} == {"person"}
     best = max(p.iou(t) for p in persons for t in people)
     assert best >= 0.5, f"best person-box IoU {best:.3f}; found {persons}"
+
+
+GROUP_PAIR = "00790N.png"  # a night test-split pair: nine people, several walking side by side
+
+
+@needs_msrs
+def test_shipped_detection_head_keeps_people_in_a_group_apart():
+    """The labels' connected components merge people walking together into one box; the shipped
+    model's detection head (object centres and sizes) finds them one by one."""
+    from napari_fusion.boxes import boxes_from_labels
+
+    assert pair_split(MSRS / "ir")[GROUP_PAIR] == "test"
+    ir, vi = str(MSRS / "ir" / GROUP_PAIR), str(MSRS / "vi" / GROUP_PAIR)
+    truth = [t for t in read_yolo(MSRS / "boxes" / "fusion" / (Path(GROUP_PAIR).stem + ".txt"), (480, 640), n_classes=3) if t.cls == 0]
+    assert len(truth) >= 8
+    res = nf.fuse(ir, vi, "multitaskvif-ivif", full=True, segment=True, boxes=True, device="cpu")
+    assert res.boxes is not None  # the shipped file has a detection head
+
+    def found(boxes):
+        return sum(any(b.cls == 0 and b.iou(t) >= 0.5 for b in boxes) for t in truth)
+
+    components = boxes_from_labels(res.labels, res.classes)
+    head = nf.detect(ir, vi, "multitaskvif-ivif", device="cpu")
+    assert [(b.cls, b.x0, b.y0) for b in head] == [(b.cls, b.x0, b.y0) for b in res.boxes]  # detect gives the head's boxes
+    assert found(components) <= 1
+    assert found(head) >= 4, f"{found(head)} of {len(truth)} people found"
