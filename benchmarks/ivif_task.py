@@ -361,6 +361,9 @@ def tables(runs: list[dict], ship: list[dict], args) -> str:
         rows = [[r["input"], r["seconds_per_pair"]] + [f"{r[p]['map50']:.3f}" for p in ("all", "night", "day")]
                 + [f"{r[p]['iou_mean']:.3f}" for p in ("all", "night", "day")] for r in ship]
         lines.append("### the shipped task models end to end (`napari_fusion.detect`)\n")
+        lines.append("Boxes as `detect` gives them: from a model's detection head where it has one (`multitaskvif-ivif`: "
+                     "object centres and sizes), else connected components of its labels; IoU from `fuse(..., full=True)` "
+                     "labels; seconds: `detect` per pair.\n")
         lines.append(markdown_table(["model", "s per pair", "mAP@0.5", "night", "day", "IoU mean", "night", "day"], rows))
         lines.append("")
     return "\n".join(lines)
