@@ -275,7 +275,8 @@ def detect(
     size-based.
     With ``viewer`` the fused Image and Labels layers of :func:`fuse` are shown and a Shapes layer
     ``"{method} boxes ({a} + {b})"`` of rectangles (edge colour per class, class name as text) is
-    put next to the Labels layer, placed with A's scale/translate. Example::
+    put next to the Labels layer, placed with A's scale/translate (a detection head's boxes with score
+    >= ``boxes.SHOW_MIN_SCORE`` there; all of them are returned). Example::
 
         boxes = detect(ir, vi, "tdfusion-brats")
         write_yolo("found.txt", boxes, ir.shape[:2])   # from napari_fusion.boxes
@@ -295,6 +296,6 @@ def detect(
     if viewer is not None:
         labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
-        show_boxes(viewer, boxes, naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
+        show_boxes(viewer, result_boxes(res, min_area=min_area, shown=True), naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
                    place=placement(sa, res.grid), after=labels_name, metadata=meta)
     return boxes

@@ -8,7 +8,7 @@ import numpy as np
 
 from .box import DEFAULT_MIN_AREA, Box, class_names_of
 
-__all__ = ["weak_labels", "boxes_from_labels", "result_boxes"]
+__all__ = ["weak_labels", "boxes_from_labels", "result_boxes", "SHOW_MIN_SCORE"]
 
 _SIZE_SCALE = 16.0  # pixels: the size discount of the score without probabilities (area / (area + 16))
 
@@ -116,9 +116,14 @@ def boxes_from_labels(
     return out
 
 
-def result_boxes(result: Any, classes: Any = None, *, min_area: int = DEFAULT_MIN_AREA) -> list[Box]:
+SHOW_MIN_SCORE = 0.3  # a detection head's boxes shown in a viewer: only these confident ones
+
+
+def result_boxes(result: Any, classes: Any = None, *, min_area: int = DEFAULT_MIN_AREA, shown: bool = False) -> list[Box]:
     """The boxes of a fusion result: its model's detection-head boxes (``result.boxes``) when it has
-    them, else one per connected component of each class of ``result.labels`` (2-D)."""
+    them, else one per connected component of each class of ``result.labels`` (2-D). ``shown``: only
+    the head's boxes a viewer shows (score >= :data:`SHOW_MIN_SCORE`; all of them are for scoring
+    and files, where the consumer picks a threshold)."""
     if getattr(result, "boxes", None) is not None:
-        return list(result.boxes)
+        return [b for b in result.boxes if not shown or b.score >= SHOW_MIN_SCORE]
     return boxes_from_labels(result.labels, classes if classes is not None else result.classes, min_area=min_area)

@@ -186,7 +186,7 @@ class SegmentWidget(JobWidget):
         if self.boxes.isChecked() and result.labels.ndim == 2:
             from ..boxes import result_boxes, show_boxes
 
-            found = result_boxes(result, classes)
+            found = result_boxes(result, classes, shown=True)
             bname = boxes_name(label, first.name, getattr(second, "name", None))
             bl = show_boxes(self.viewer, found, bname, classes=classes, like=layer, after=layer.name, metadata={META_KEY: {**meta, "role": "boxes"}})
             shown.append(bl.name)
