@@ -488,3 +488,18 @@ def test_a_detection_head_is_saved_loaded_and_used_by_detect(tmp_path):
     boxes = nf.detect(a, b, back, device="cpu")
     assert boxes and {x.name for x in boxes} == {"car"} and all(x.score > 0.99 for x in boxes)
     assert all(abs((x.x1 - x.x0) - 12.0) < 1e-3 or x.x0 == 0.0 or x.x1 == 80.0 for x in boxes)
+
+
+def test_a_viewer_shows_only_confident_head_boxes_and_detect_returns_all():
+    from types import SimpleNamespace
+
+    from napari_fusion.boxes import SHOW_MIN_SCORE, result_boxes
+
+    head = [Box(0, 0, 0, 5, 5, 0.9, "person"), Box(2, 10, 10, 20, 20, SHOW_MIN_SCORE - 0.01, "car")]
+    res = SimpleNamespace(boxes=head, labels=np.zeros((30, 30), np.int32), classes=None)
+    assert result_boxes(res) == head
+    assert result_boxes(res, shown=True) == head[:1]
+    lab = np.zeros((30, 30), np.int32)
+    lab[2:12, 2:12] = 1  # no head: the components, shown or not
+    comp = SimpleNamespace(boxes=None, labels=lab, classes=((1, "person"),))
+    assert len(result_boxes(comp)) == len(result_boxes(comp, shown=True)) == 1
