@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .box import DEFAULT_MIN_AREA, Box, class_names_of, relabel
 from .display import show_boxes
-from .labels import boxes_from_labels, result_boxes, weak_labels
+from .labels import SHOW_MIN_SCORE, boxes_from_labels, result_boxes, weak_labels
 from .scoring import MapScore, box_map
 from .yolo import read_class_names, read_yolo, write_class_names, write_yolo
 
@@ -40,6 +40,7 @@ __all__ = [
     "write_class_names",
     "weak_labels",
     "result_boxes",
+    "SHOW_MIN_SCORE",
     "boxes_from_labels",
     "box_map",
     "class_names_of",
