@@ -396,7 +396,7 @@ register(
     Method(
         "multitaskvif-ivif",
         "MultiTaskVIF (2025) for infrared (A) + visible (B): fused image and person / bicycle / car labels in one "
-        "pass (trained on the MSRS training split with its object boxes as weak pixel labels)",
+        "pass (trained on the MSRS training split with its object boxes as weak pixel labels; a detection head gives the object boxes)",
         FAMILY,
         _builder(IVIF_WEIGHTS, "multitaskvif-ivif", "ivif"),
         weights=IVIF_WEIGHTS,
