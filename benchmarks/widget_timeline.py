@@ -112,6 +112,20 @@ def _strokes_layer(viewer, shape, names: dict[int, str], name: str = "strokes"):
     return viewer.add_labels(np.zeros(shape, np.int32), name=name, features=feats)
 
 
+def _new_scene(viewer, w, add_sources, names: dict[int, str], paint):
+    """A new image for the widget: the viewer's layers removed, ``add_sources()`` (-> layers A, B),
+    a strokes layer on A's grid painted by ``paint(layer)``, and the widget's combos set to them."""
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    la, lb = add_sources()
+    strokes = _strokes_layer(viewer, la.data.shape[:2], names)
+    paint(strokes)
+    w.source_a.set_layer(la)
+    w.source_b.set_layer(lb)
+    w.strokes.set_layer(strokes)
+    return strokes
+
+
 def _is_result_labels(layer) -> bool:
     info = (getattr(layer, "metadata", None) or {}).get("napari_fusion") or {}
     return info.get("made_by") == "fine-tune" and info.get("role") == "labels"
@@ -404,15 +418,9 @@ def main(argv=None) -> int:
         extra.append("MSRS: the shared data folder (`../shared/data`, `$NAPARI_FUSION_DATA`) was not found; no 480x640 row.")
     if msrs is not None:
         ir_path, vi_path, mstrokes, mextra, mlive, what = msrs
-        for layer in list(viewer.layers):
-            viewer.layers.remove(layer)
-        la, lb = viewer.open(str(ir_path), plugin=PLUGIN)[0], viewer.open(str(vi_path), plugin=PLUGIN)[0]
-        shape = la.data.shape[:2]
-        ml = _strokes_layer(viewer, shape, MSRS_NAMES)
-        _paint_paths(ml, mstrokes)
-        w.source_a.set_layer(la)
-        w.source_b.set_layer(lb)
-        w.strokes.set_layer(ml)
+        ml = _new_scene(viewer, w, lambda: (viewer.open(str(ir_path), plugin=PLUGIN)[0], viewer.open(str(vi_path), plugin=PLUGIN)[0]),
+                        MSRS_NAMES, lambda layer: _paint_paths(layer, mstrokes))
+        shape = ml.data.shape
         image = f"{what} {shape[0]}x{shape[1]}, {np.count_nonzero(ml.data)} px painted"
         r = _finetune(viewer, w, watch, args.msrs_model, 0, args.timeout)
         runs.append((image, r))
@@ -442,14 +450,8 @@ def main(argv=None) -> int:
         extra.append("BraTS: the shared data folder (`../shared/data`, `$NAPARI_FUSION_DATA`) was not found; no mosaic row.")
     if mosaic is not None:
         fa, fb, bstrokes, what = mosaic
-        for layer in list(viewer.layers):
-            viewer.layers.remove(layer)
-        la, lb = viewer.add_image(fa, name="flair"), viewer.add_image(fb, name="t1c")
-        bl = _strokes_layer(viewer, fa.shape, BRATS_NAMES)
-        _paint_rows(bl, bstrokes)
-        w.source_a.set_layer(la)
-        w.source_b.set_layer(lb)
-        w.strokes.set_layer(bl)
+        bl = _new_scene(viewer, w, lambda: (viewer.add_image(fa, name="flair"), viewer.add_image(fb, name="t1c")),
+                        BRATS_NAMES, lambda layer: _paint_rows(layer, bstrokes))
         image = f"BraTS {what}, FLAIR + T1c {fa.shape[0]}x{fa.shape[1]}, {np.count_nonzero(bl.data)} px painted"
         r = _finetune(viewer, w, watch, args.brats_model, args.steps, args.timeout)
         runs.append((image, r))
