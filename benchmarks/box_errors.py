@@ -34,32 +34,19 @@ BINS = ("found", "merged", "fragment", "missed", "other")
 SCORED = {0: "person", 2: "car"}  # bicycles are too few on the test split to bin (see ivif_task.md)
 
 
-def _iou(a, b) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter)
-
-
-def _area(b) -> float:
-    return (b.x1 - b.x0) * (b.y1 - b.y0)
-
-
 def classify(truth, preds) -> str:
     """The bin of one true box against the predicted boxes of its class."""
     same = [p for p in preds if p.cls == truth.cls]
-    ious = [_iou(truth, p) for p in same]
+    ious = [truth.iou(p) for p in same]
     if ious and max(ious) >= 0.5:
         return "found"
     cy, cx = (truth.y0 + truth.y1) / 2, (truth.x0 + truth.x1) / 2
-    if any(p.x0 <= cx <= p.x1 and p.y0 <= cy <= p.y1 and _area(p) > 2 * _area(truth) for p in same):
+    if any(p.x0 <= cx <= p.x1 and p.y0 <= cy <= p.y1 and p.area > 2 * truth.area for p in same):
         return "merged"
     if not ious or max(ious) == 0.0:
         return "missed"
     best = same[int(np.argmax(ious))]
-    return "fragment" if _area(best) < 0.5 * _area(truth) else "other"
+    return "fragment" if best.area < 0.5 * truth.area else "other"
 
 
 def foreground_components(labels, names, min_area: int = 16):
@@ -67,18 +54,22 @@ def foreground_components(labels, names, min_area: int = 16):
     from skimage.measure import label as cc_label
     from skimage.measure import regionprops
 
-    from napari_fusion.boxes.box import Box
-
     out = []
     for reg in regionprops(cc_label(labels > 0, connectivity=2)):
-        if reg.area < min_area:
-            continue
-        r0, c0, r1, c1 = reg.bbox
-        v = labels[reg.coords[:, 0], reg.coords[:, 1]]
-        cls = int(np.bincount(v[v > 0]).argmax())
-        fill = reg.area / ((r1 - r0) * (c1 - c0))
-        out.append(Box(cls - 1, float(c0), float(r0), float(c1), float(r1), fill * reg.area / (reg.area + 16), names.get(cls, "")))
+        if reg.area >= min_area:
+            v = labels[reg.coords[:, 0], reg.coords[:, 1]]
+            out.append(_region_box(reg, int(np.bincount(v[v > 0]).argmax()), names))
     return out
+
+
+def _region_box(reg, value: int, names):
+    """A region's box for label ``value``, scored by size and fill as ``boxes_from_labels`` does."""
+    from napari_fusion.boxes.box import Box
+    from napari_fusion.boxes.labels import _size_score
+
+    r0, c0, r1, c1 = reg.bbox
+    score = _size_score(float(reg.area), float(reg.area) / float((r1 - r0) * (c1 - c0)))
+    return Box(value - 1, float(c0), float(r0), float(c1), float(r1), score, names.get(value, ""))
 
 
 def watershed_split(labels, names, min_area: int = 64, h: float = 2.0):
@@ -89,8 +80,6 @@ def watershed_split(labels, names, min_area: int = 64, h: float = 2.0):
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    from napari_fusion.boxes.box import Box
-
     out = []
     for v in (1, 2, 3):
         m = labels == v
@@ -98,12 +87,7 @@ def watershed_split(labels, names, min_area: int = 64, h: float = 2.0):
             continue
         dist = ndi.distance_transform_edt(m)
         seg = watershed(-dist, cc_label(h_maxima(dist, h) & m), mask=m)
-        for reg in regionprops(seg):
-            if reg.area < min_area:
-                continue
-            r0, c0, r1, c1 = reg.bbox
-            fill = reg.area / ((r1 - r0) * (c1 - c0))
-            out.append(Box(v - 1, float(c0), float(r0), float(c1), float(r1), fill * reg.area / (reg.area + 16), names.get(v, "")))
+        out += [_region_box(reg, v, names) for reg in regionprops(seg) if reg.area >= min_area]
     return out
 
 
