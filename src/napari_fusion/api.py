@@ -296,6 +296,7 @@ def detect(
     if viewer is not None:
         labels_name = naming.labels_name(res.method, sa.name, sb.name)
         meta = {"grid": res.grid, "method": res.method, "sources": (sa.name, sb.name)}
-        show_boxes(viewer, result_boxes(res, min_area=min_area, shown=True), naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
+        shown = boxes if res.boxes is None else result_boxes(res, shown=True)  # (components: all shown)
+        show_boxes(viewer, shown, naming.boxes_name(res.method, sa.name, sb.name), classes=res.classes,
                    place=placement(sa, res.grid), after=labels_name, metadata=meta)
     return boxes

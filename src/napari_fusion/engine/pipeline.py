@@ -93,9 +93,9 @@ DETECT_MAX_PIXELS = 16_000_000
 def detector_boxes(runner: Any, prepared: Any) -> list | None:
     """Boxes of a runner's detection head (``detect_boxes``) on a prepared 2-D pair, or None (no
     head, a volume, or a plane too large to run whole)."""
-    fn = getattr(as_runner(runner), "detect_boxes", None) or getattr(getattr(as_runner(runner), "obj", None), "detect_boxes", None)
+    fn = getattr(as_runner(runner), "detect_boxes", None)
     a = np.asarray(prepared.a)
-    if fn is None or prepared.kind == "volume" or a.ndim != 2 or a.size > DETECT_MAX_PIXELS:
+    if fn is None or a.ndim != 2 or a.size > DETECT_MAX_PIXELS:
         return None
     return fn(prepared.a, prepared.b)
 
