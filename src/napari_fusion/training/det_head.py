@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["centre_targets", "focal_loss", "train_detector", "main"]
+__all__ = ["centre_targets", "focal_loss", "detection_loss", "train_detector", "main"]
 
 
 def centre_targets(boxes, shape: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,6 +56,14 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pos_loss = torch.log(p) * (1 - p) ** 2 * pos
     neg_loss = torch.log(1 - p) * p**2 * (1 - target) ** 4 * (1 - pos)
     return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp_min(1)
+
+
+def detection_loss(heat_logits: torch.Tensor, log_size: torch.Tensor, heat: torch.Tensor, size: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """Focal loss on the heat maps plus L1 on the log half-sizes at object centres (``mask``
+    ``(N, 1, h, w)``), CenterNet's weighting (sizes at half weight)."""
+    l1 = ((log_size - size).abs() * mask).sum() / mask.sum().clamp_min(1)
+    return focal_loss(heat_logits, heat) + 0.5 * l1
 
 
 def _msrs_pairs(root: Path, split: str):
@@ -113,7 +121,7 @@ def train_detector(runner, root: Path, *, steps: int = 1500, crop: int = 96, bat
             ms.append(torch.from_numpy(mask[r, c]))
         x, heat, size, mask = torch.stack(xs), torch.stack(hs), torch.stack(ss), torch.stack(ms)[:, None]
         ph, ps = head(x)
-        loss = focal_loss(ph, heat) + 0.5 * ((ps - size).abs() * mask).sum() / mask.sum().clamp_min(1)
+        loss = detection_loss(ph, ps, heat, size, mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
