@@ -450,6 +450,28 @@ def test_centre_targets_decode_back_to_their_boxes():
     assert {f.name for f in found} == {"person", "bicycle", "car"}
 
 
+def test_detection_loss_is_least_at_the_targets_and_sees_both_heat_and_size():
+    """The loss the shipped head and the claim benchmark's detector train on: the perfect maps score
+    lower than the untrained prior, and a wrong size (at the centres only) or a missed centre costs."""
+    import torch
+
+    from napari_fusion.methods.detection import HEAT_PRIOR
+    from napari_fusion.training.det_head import centre_targets, detection_loss
+
+    truth = [Box(0, 100, 50, 130, 120), Box(2, 300, 200, 420, 260)]
+    heat, size, mask = (torch.from_numpy(t)[None] for t in centre_targets(truth, (480, 640), 3))
+    mask = mask[:, None]
+    perfect = torch.logit(heat.clamp(1e-4, 1 - 1e-4))
+    prior = torch.full_like(heat, float(np.log(HEAT_PRIOR / (1 - HEAT_PRIOR))))
+    best = float(detection_loss(perfect, size, heat, size, mask))
+    assert best < 0.1 * float(detection_loss(prior, size, heat, size, mask))
+    assert float(detection_loss(perfect, size + np.log(2.0), heat, size, mask)) > best + 0.3  # 0.5 * |log 2|
+    assert float(detection_loss(perfect, size + (1 - mask) * 5.0, heat, size, mask)) == pytest.approx(best)  # sizes count at centres only
+    missed = perfect.clone()
+    missed[0, 2] = perfect[0, 0]  # the car's centre is not seen
+    assert float(detection_loss(missed, size, heat, size, mask)) > best + 1.0
+
+
 def test_decode_refuses_maps_of_different_shapes():
     import torch
 
