@@ -2,11 +2,12 @@
 
 Connected components of a segmentation merge touching people (docs/results/box_errors.md), so a
 segmenting task model scores boxes poorly whatever it sees. This task model learns boxes directly:
-the shipped detection head (``methods.detection.DetHead``: four dilated convolutions, CenterNet
-heat map per object class + log box half-size at 1/2 resolution) reading the interactive head's
-filter bank of the input (``task.features.filter_bank``: intensity, gradient magnitude and two Hessian
-eigenvalues at sigma 1..16, per input channel; average-pooled to 1/2 resolution and standardised
-on the train split). Targets, loss and decoding are the shipped head's
+``training.det_head.FilterDetector``: the shipped detection head's architecture
+(``methods.detection.DetHead``: four dilated convolutions, CenterNet heat map per object class + log
+box half-size at 1/2 resolution) reading the interactive head's filter bank of the input
+(``task.features.filter_bank``: intensity, gradient magnitude and two Hessian eigenvalues at sigma
+1..16, per input channel; average-pooled to 1/2 resolution and standardised on the train split). The
+same detector is the task network of the detection-driven TDFusion loop (``training.tdfusion_det``). Targets, loss and decoding are the shipped head's
 (``training.det_head.centre_targets`` / ``detection_loss``, ``methods.detection.decode_boxes``): the only
 thing that changes between runs is the input image.
 
@@ -20,7 +21,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 OBJECT_NAMES = {0: "person", 1: "bicycle", 2: "car"}
 
@@ -35,43 +35,26 @@ def targets(boxes_per_pair: list[list], shapes: list) -> list[tuple[torch.Tensor
 @torch.no_grad()
 def filter_features(image: np.ndarray) -> torch.Tensor:
     """(C, H, W) unit image -> (20 C, ceil(H/2), ceil(W/2)) float16 filter features at 1/2 resolution."""
-    from napari_fusion.task.features import filter_bank
+    from napari_fusion.training.det_head import FilterDetector
 
-    C, H, W = image.shape
-    f = filter_bank(torch.from_numpy(np.ascontiguousarray(image, np.float32))[:, None])  # (C, 20, H, W)
-    f = F.avg_pool2d(f.reshape(1, -1, H, W), 2, ceil_mode=True)[0]
-    return f.half()
-
-
-class Standardise:
-    """Per-channel mean and spread of the train features; ``(x - mean) / std`` as float32."""
-
-    def __init__(self, feats: list[torch.Tensor]):
-        s = torch.stack([f.float().flatten(1).mean(1) for f in feats])
-        s2 = torch.stack([f.float().flatten(1).pow(2).mean(1) for f in feats])
-        self.mean = s.mean(0).view(-1, 1, 1)
-        self.std = (s2.mean(0).view(-1, 1, 1) - self.mean**2).clamp_min(1e-8).sqrt()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None]
+    return FilterDetector.features(x)[0].half()
 
 
 def train(feats: list[torch.Tensor], tgts: list, steps: int, crop: int, batch: int, seed: int, lr: float = 2e-3):
-    """A DetHead on standardised features (``filter_features``) and their half-resolution targets;
-    half the crops (``crop`` px at full resolution) around an object centre, horizontal flips, Adam
-    with cosine decay. Returns (head, standardise)."""
-    from napari_fusion.methods.detection import DetHead
-    from napari_fusion.training.det_head import detection_loss
+    """A ``training.det_head.FilterDetector`` on precomputed features (``filter_features``; its
+    standardisation fitted on them) and their half-resolution targets; half the crops (``crop`` px at
+    full resolution) around an object centre, horizontal flips, Adam with cosine decay."""
+    from napari_fusion.training.det_head import FilterDetector, detection_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    norm = Standardise(feats)
-    head = DetHead(feats[0].shape[0], len(OBJECT_NAMES))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    det = FilterDetector(len(OBJECT_NAMES), channels=feats[0].shape[0] // 20).fit(feats)
+    opt = torch.optim.Adam(det.head.parameters(), lr=lr)
     half = crop // 2
     centres = [torch.nonzero(m > 0).numpy() for _, _, m in tgts]
     with_obj = [i for i, c in enumerate(centres) if len(c)]
-    head.train()
+    det.train()
     for step in range(int(steps)):
         xs, hs, ss, ms = [], [], [], []
         for _ in range(int(batch)):
@@ -86,7 +69,7 @@ def train(feats: list[torch.Tensor], tgts: list, steps: int, crop: int, batch: i
                 h, w = tgts[i][2].shape
                 y0, x0 = int(rng.integers(h - half + 1)), int(rng.integers(w - half + 1))
             win = (slice(y0, y0 + half), slice(x0, x0 + half))
-            x = norm(feats[i][(slice(None), *win)])
+            x = feats[i][(slice(None), *win)].float()
             heat, size, mask = tgts[i][0][(slice(None), *win)], tgts[i][1][(slice(None), *win)], tgts[i][2][win]
             if rng.random() < 0.5:  # horizontal flips only: street scenes have an up
                 x, heat, size, mask = (t.flip(-1) for t in (x, heat, size, mask))
@@ -94,22 +77,21 @@ def train(feats: list[torch.Tensor], tgts: list, steps: int, crop: int, batch: i
             hs.append(heat)
             ss.append(size)
             ms.append(mask)
-        ph, ps = head(torch.stack(xs))
+        ph, ps = det.from_features(torch.stack(xs))
         loss = detection_loss(ph, ps, torch.stack(hs), torch.stack(ss), torch.stack(ms)[:, None])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step + 1) / int(steps)))
-    head.eval()
-    return head, norm
+    det.eval()
+    return det
 
 
 @torch.no_grad()
-def predict(model, feats: torch.Tensor, shape) -> list:
+def predict(det, feats: torch.Tensor, shape) -> list:
     """Boxes of one image (its ``filter_features``; ``shape`` its full-resolution rows, cols)."""
     from napari_fusion.methods.detection import decode_boxes
 
-    head, norm = model
-    heat, size = head(norm(feats)[None])
+    heat, size = det.from_features(feats[None])
     return decode_boxes(heat[0], size[0], tuple(shape), OBJECT_NAMES)

@@ -22,8 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["centre_targets", "focal_loss", "detection_loss", "train_detector", "main"]
+__all__ = ["centre_targets", "focal_loss", "detection_loss", "FilterDetector", "train_detector", "main"]
 
 
 def centre_targets(boxes, shape: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,6 +65,51 @@ def detection_loss(heat_logits: torch.Tensor, log_size: torch.Tensor, heat: torc
     ``(N, 1, h, w)``), CenterNet's weighting (sizes at half weight)."""
     l1 = ((log_size - size).abs() * mask).sum() / mask.sum().clamp_min(1)
     return focal_loss(heat_logits, heat) + 0.5 * l1
+
+
+class FilterDetector(torch.nn.Module):
+    """A detector that reads an image's filter bank: ``(N, 1, H, W)`` unit images -> the
+    :class:`~napari_fusion.methods.detection.DetHead` maps at 1/2 resolution.
+
+    Features: ``task.features.filter_bank`` (intensity, gradient magnitude, two Hessian eigenvalues at
+    sigma 1..16), average-pooled to 1/2 resolution and standardised with fixed statistics (``fit``
+    sets them from sample images). Differentiable end to end, so a task loss on its maps reaches the
+    image (the detector task of :mod:`.tdfusion_det`); the claim benchmark trains one per input."""
+
+    def __init__(self, n_classes: int = 3, width: int = 32, channels: int = 1):
+        super().__init__()
+        from ..methods.detection import DetHead
+        from ..task.features import n_features
+
+        n = n_features(1) * int(channels)
+        self.register_buffer("mean", torch.zeros(1, n, 1, 1))
+        self.register_buffer("std", torch.ones(1, n, 1, 1))
+        self.head = DetHead(n, int(n_classes), int(width))
+
+    @staticmethod
+    def features(x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, 20 C, ceil(H/2), ceil(W/2))`` pooled filter features (unstandardised)."""
+        from ..task.features import filter_bank
+
+        N, C, H, W = x.shape
+        f = filter_bank(x.reshape(N * C, 1, H, W)).reshape(N, -1, H, W)
+        return F.avg_pool2d(f, 2, ceil_mode=True)
+
+    @torch.no_grad()
+    def fit(self, feats: Sequence[torch.Tensor]) -> "FilterDetector":
+        """Standardisation statistics from ``(n, h, w)`` or ``(N, n, h, w)`` feature maps (pooled)."""
+        flat = [f.float().reshape(-1, *f.shape[-3:]).transpose(0, 1).reshape(f.shape[-3], -1) for f in feats]
+        m = torch.stack([f.mean(1) for f in flat]).mean(0)
+        m2 = torch.stack([f.pow(2).mean(1) for f in flat]).mean(0)
+        self.mean.copy_(m.view(1, -1, 1, 1))
+        self.std.copy_((m2 - m**2).clamp_min(1e-8).sqrt().view(1, -1, 1, 1))
+        return self
+
+    def from_features(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head((f.float() - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_features(self.features(x))
 
 
 def _msrs_pairs(root: Path, split: str):

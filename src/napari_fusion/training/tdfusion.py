@@ -80,6 +80,7 @@ def meta_step(
     class_weights: torch.Tensor | None = None,
     create_graph: bool = True,
     amp: bool = False,
+    task_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """(i) One bi-level update of the loss generation module; fusion net and segmenter are unchanged.
 
@@ -94,6 +95,9 @@ def meta_step(
     w.r.t. ``phi``. Each pixel's weight gets the task's verdict on moving *that* pixel towards A or B
     (``-sign(F - A) * dT/dF'`` for the l1 loss): a strong, local, readable signal at the cost of one
     segmenter pass (no second-order pass through the fusion net).
+
+    ``task_fn``: the outer task loss of the updated fused image, in place of the segmenter's
+    cross-entropy on ``labels`` (e.g. a detector's loss: :mod:`.tdfusion_det`).
 
     Leaves ``.grad`` of the loss module's parameters set (so callers/tests can inspect it) and steps
     ``opt_loss`` when given. ``create_graph=False`` cuts the bi-level graph (then the loss module gets
@@ -123,9 +127,12 @@ def meta_step(
         }
         with scaffold.autocast(a.device, amp):
             fused2 = functional_call(fusion, updated, (a, b))
-    with scaffold.autocast(a.device, amp):
-        logits = segmenter(fused2)
-    lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
+    if task_fn is not None:
+        lt = task_fn(fused2)
+    else:
+        with scaffold.autocast(a.device, amp):
+            logits = segmenter(fused2)
+        lt = task_loss(_f32(logits), labels, ignore_index, class_weights)
     if opt_loss is not None:
         opt_loss.zero_grad(set_to_none=True)
     if lt.requires_grad:
