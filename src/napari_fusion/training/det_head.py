@@ -112,7 +112,18 @@ class FilterDetector(torch.nn.Module):
         return self.from_features(self.features(x))
 
 
-def _msrs_pairs(root: Path, split: str):
+def msrs_box_root(data: str) -> Path:
+    """The MSRS folder of a training CLI's ``--data`` (``auto``: the shared data's ivif/MSRS); exits
+    with a message naming it when it has no ``boxes/fusion``."""
+    from .data import shared_data_dir
+
+    root = Path(data) if data != "auto" else (shared_data_dir() or Path("missing")) / "ivif" / "MSRS"
+    if not (root / "boxes" / "fusion").is_dir():
+        raise SystemExit(f"{root}: no MSRS folder with boxes/fusion (give --data)")
+    return root
+
+
+def msrs_split_names(root: Path, split: str) -> list[str]:
     from ..training.data import pair_split
 
     return sorted(n for n, s in pair_split(root / "ir").items() if s == split)
@@ -137,7 +148,7 @@ def train_detector(runner, root: Path, *, steps: int = 1500, crop: int = 96, bat
         p.requires_grad_(True)
     t0 = time.perf_counter()
     data = []
-    for name in _msrs_pairs(root, "train"):
+    for name in msrs_split_names(root, "train"):
         ir, vi = read_image(root / "ir" / name).data, read_image(root / "vi" / name).data
         pp = prepare_pair(ir, vi, input_intensity=input_intensity_of(runner))
         boxes = read_yolo(root / "boxes" / "fusion" / (Path(name).stem + ".txt"), pp.a.shape, n_classes=n_obj)
@@ -199,11 +210,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     from ..methods.multitask import load_runner
     from ..methods.store import save_bundle
-    from .data import shared_data_dir
 
-    root = Path(args.data) if args.data != "auto" else (shared_data_dir() or Path("missing")) / "ivif" / "MSRS"
-    if not (root / "boxes" / "fusion").is_dir():
-        raise SystemExit(f"{root}: no MSRS folder with boxes/fusion (give --data)")
+    root = msrs_box_root(args.data)
     runner = load_runner(args.model)
     record = train_detector(runner, root, steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, width=args.width, seed=args.seed)
     runner.meta["detector_training"] = record

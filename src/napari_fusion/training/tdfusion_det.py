@@ -80,10 +80,10 @@ def _msrs_pairs(root: Path, runner) -> list[tuple[np.ndarray, np.ndarray, list]]
     from ..boxes import read_yolo
     from ..engine.pipeline import input_intensity_of, prepare_pair
     from ..io import read_image
-    from .data import pair_split
+    from .det_head import msrs_split_names
 
     out = []
-    for name in sorted(n for n, s in pair_split(root / "ir").items() if s == "train"):
+    for name in msrs_split_names(root, "train"):
         pp = prepare_pair(read_image(root / "ir" / name).data, read_image(root / "vi" / name).data,
                           input_intensity=input_intensity_of(runner))
         out.append((pp.a, pp.b, read_yolo(root / "boxes" / "fusion" / (Path(name).stem + ".txt"), pp.a.shape, n_classes=3)))
@@ -165,13 +165,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     from ..methods.store import save_bundle
     from ..methods.tdfusion import load_runner
-    from .data import shared_data_dir
+    from .det_head import msrs_box_root
 
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise SystemExit(f"{args.out}: refusing to write over the starting model (its segmenter no longer matches)")
-    root = Path(args.data) if args.data != "auto" else (shared_data_dir() or Path("missing")) / "ivif" / "MSRS"
-    if not (root / "boxes" / "fusion").is_dir():
-        raise SystemExit(f"{root}: no MSRS folder with boxes/fusion (give --data)")
+    root = msrs_box_root(args.data)
     runner = load_runner(args.model)
     record = train_det_driven(runner, _msrs_pairs(root, runner), steps=args.steps, meta_start=args.meta_start,
                               batch=args.batch, crop=args.crop, lr_fusion=args.lr_fusion, lr_loss=args.lr_loss,
