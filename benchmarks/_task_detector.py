@@ -45,7 +45,7 @@ def train(feats: list[torch.Tensor], tgts: list, steps: int, crop: int, batch: i
     """A ``training.det_head.FilterDetector`` on precomputed features (``filter_features``; its
     standardisation fitted on them) and their half-resolution targets; half the crops (``crop`` px at
     full resolution) around an object centre, horizontal flips, Adam with cosine decay."""
-    from napari_fusion.training.det_head import FilterDetector, detection_loss
+    from napari_fusion.training.det_head import FilterDetector, crop_origin, detection_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -60,14 +60,10 @@ def train(feats: list[torch.Tensor], tgts: list, steps: int, crop: int, batch: i
         for _ in range(int(batch)):
             if with_obj and rng.random() < 0.5:
                 i = with_obj[int(rng.integers(len(with_obj)))]
-                cy, cx = centres[i][int(rng.integers(len(centres[i])))]
-                h, w = tgts[i][2].shape
-                y0 = int(np.clip(cy - rng.integers(half), 0, h - half))
-                x0 = int(np.clip(cx - rng.integers(half), 0, w - half))
+                y0, x0 = crop_origin(rng, tgts[i][2].shape, half, centres[i])
             else:
                 i = int(rng.integers(len(feats)))
-                h, w = tgts[i][2].shape
-                y0, x0 = int(rng.integers(h - half + 1)), int(rng.integers(w - half + 1))
+                y0, x0 = crop_origin(rng, tgts[i][2].shape, half)
             win = (slice(y0, y0 + half), slice(x0, x0 + half))
             x = feats[i][(slice(None), *win)].float()
             heat, size, mask = tgts[i][0][(slice(None), *win)], tgts[i][1][(slice(None), *win)], tgts[i][2][win]

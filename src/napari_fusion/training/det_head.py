@@ -112,6 +112,18 @@ class FilterDetector(torch.nn.Module):
         return self.from_features(self.features(x))
 
 
+def crop_origin(rng: np.random.Generator, shape: tuple[int, int], size: int,
+                centres: np.ndarray | None = None) -> tuple[int, int]:
+    """Top-left corner of a ``size`` x ``size`` crop of an image of ``shape``: with ``centres`` ((N, 2)
+    rows, cols), one of them drawn at random lies inside the crop at a random offset; without, anywhere.
+    The crop stays inside the image. Shared by every detector-training crop sampler."""
+    h, w = int(shape[0]), int(shape[1])
+    if centres is not None and len(centres):
+        cy, cx = centres[int(rng.integers(len(centres)))]
+        return int(np.clip(cy - rng.integers(size), 0, h - size)), int(np.clip(cx - rng.integers(size), 0, w - size))
+    return int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+
+
 def msrs_box_root(data: str) -> Path:
     """The MSRS folder of a training CLI's ``--data`` (``auto``: the shared data's ivif/MSRS); exits
     with a message naming it when it has no ``boxes/fusion``."""
@@ -163,14 +175,8 @@ def train_detector(runner, root: Path, *, steps: int = 1500, crop: int = 96, bat
         xs, hs, ss, ms = [], [], [], []
         for _ in range(int(batch)):
             x, heat, size, mask = data[int(rng.integers(len(data)))]
-            H, W = x.shape[1:]
-            if mask.any() and rng.random() < 0.7:  # most crops around an object
-                ys, xs_ = np.nonzero(mask)
-                k = int(rng.integers(len(ys)))
-                y0 = int(np.clip(ys[k] - rng.integers(crop), 0, H - crop))
-                x0 = int(np.clip(xs_[k] - rng.integers(crop), 0, W - crop))
-            else:
-                y0, x0 = int(rng.integers(H - crop + 1)), int(rng.integers(W - crop + 1))
+            near = mask.any() and rng.random() < 0.7  # most crops around an object
+            y0, x0 = crop_origin(rng, x.shape[1:], crop, np.argwhere(mask > 0) if near else None)
             r, c = slice(y0, y0 + crop), slice(x0, x0 + crop)
             xs.append(x[:, r, c])
             hs.append(torch.from_numpy(heat[:, r, c]))

@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .det_head import centre_targets, crop_origin
+
 __all__ = ["DetCropSampler", "train_det_driven", "main"]
 
 
@@ -40,8 +42,6 @@ class DetCropSampler:
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray, list]], crop: int, n_classes: int = 3, seed: int = 0,
                  object_fraction: float = 0.5):
-        from .det_head import centre_targets
-
         if crop % 2:
             raise ValueError(f"crop must be even, got {crop}")
         self.crop, self.rng, self.object_fraction = int(crop), np.random.default_rng(seed), float(object_fraction)
@@ -57,14 +57,9 @@ class DetCropSampler:
         for _ in range(int(n)):
             if self.with_obj and rng.random() < self.object_fraction:
                 a, b, heat, size, mask, centres = self.items[self.with_obj[int(rng.integers(len(self.with_obj)))]]
-                cy, cx = centres[int(rng.integers(len(centres)))]
-                h, w = mask.shape
-                y0 = int(np.clip(cy - rng.integers(half), 0, h - half))
-                x0 = int(np.clip(cx - rng.integers(half), 0, w - half))
             else:
-                a, b, heat, size, mask, _ = self.items[int(rng.integers(len(self.items)))]
-                h, w = mask.shape
-                y0, x0 = int(rng.integers(h - half + 1)), int(rng.integers(w - half + 1))
+                (a, b, heat, size, mask, _), centres = self.items[int(rng.integers(len(self.items)))], None
+            y0, x0 = crop_origin(rng, mask.shape, half, centres)
             full = (slice(2 * y0, 2 * y0 + self.crop), slice(2 * x0, 2 * x0 + self.crop))
             part = (slice(y0, y0 + half), slice(x0, x0 + half))
             crops = [a[full][None], b[full][None], heat[(slice(None), *part)], size[(slice(None), *part)], mask[part][None]]
