@@ -21,7 +21,7 @@ from napari_fusion.methods.tdfusion import (
 )
 from napari_fusion.methods.classes import BRATS_CLASSES
 from napari_fusion.training.data import load_training_data, shared_data_dir
-from napari_fusion.training.losses import IGNORE_INDEX, fusion_loss, task_loss
+from napari_fusion.training.losses import IGNORE_INDEX, fusion_loss, gradient_loss, task_loss
 from napari_fusion.training.samplers import BratsSampler, PairSampler
 from napari_fusion.training.tdfusion import (
     TDFusionTrainer,
@@ -172,6 +172,25 @@ def test_intensity_term_minimiser_is_the_weighted_blend():
     neutral = torch.full((1, 2, 4, 4), 0.5)
     li = fusion_loss(torch.full((1, 1, 4, 4), 0.5), a, b, neutral, 0.0)[1]["int"]
     assert float(li) == pytest.approx(0.3**2 + 0.3**2)
+
+
+def test_weighted_gradient_target_is_the_max_at_neutral_and_follows_the_chosen_source():
+    g = torch.Generator().manual_seed(0)
+    a, b, f = (torch.rand((2, 1, 16, 16), generator=g) for _ in range(3))
+    neutral = torch.full((2, 2, 16, 16), 0.5)
+    assert float(gradient_loss(f, a, b, neutral, "weighted")) == pytest.approx(float(gradient_loss(f, a, b)), rel=1e-6)
+    # the loss module follows A everywhere: B's texture leaves the target; A itself is then the optimum
+    follow_a = torch.cat([torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)], 1)
+    assert float(gradient_loss(a, a, b, follow_a, "weighted")) == pytest.approx(0.0, abs=1e-7)
+    assert float(gradient_loss(a, a, b)) > 0.01  # with the paper's fixed max target, A alone is not
+    # the weights get a gradient through the target (the meta step can learn texture too)
+    w = follow_a.clone().mul(0.7).add(0.15).requires_grad_(True)
+    gradient_loss(f, a, b, w, "weighted").backward()
+    assert float(w.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="gradient target"):
+        gradient_loss(f, a, b, neutral, "mean")
+    with pytest.raises(ValueError, match="needs the intensity weights"):
+        gradient_loss(f, a, b, None, "weighted")
 
 
 def test_task_loss_rejects_labels_outside_the_classes():

@@ -8,7 +8,8 @@ Fusion loss (TDFusion): ``L = L_int(w) + lambda_grad * L_grad``.
   keeps each source's own contrast where the loss says to follow it (no washed-out average).
   ``"l2"`` (files trained before 2026-11-30): ``2 * mean(w_a (F-A)^2 + w_b (F-B)^2)``, minimised by the
   convex blend ``w_a A + w_b B``. The factor 2 makes the neutral start (0.5, 0.5) the sum of the two.
-- ``L_grad``: fixed, L1 between the fused Sobel gradient magnitude and the larger of the sources'.
+- ``L_grad``: L1 between the fused Sobel gradient magnitude and the larger of the sources' (fixed,
+  the paper's), or of the sources' scaled by the learned weights (``grad_target="weighted"``).
 Task loss: cross-entropy with an ignore value (unpainted or unlabelled pixels), optional class weights.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "gradient_magnitude",
     "INTENSITY_KINDS",
     "intensity_loss",
+    "GRAD_TARGETS",
     "gradient_loss",
     "fusion_loss",
     "task_loss",
@@ -64,10 +66,28 @@ def intensity_loss(
     return 2.0 * (weights[:, :1] * (fused - a).pow(2) + weights[:, 1:2] * (fused - b).pow(2)).mean()
 
 
-def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Fixed texture term: L1 between |grad F| and max(|grad A|, |grad B|)."""
-    target = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
-    return (gradient_magnitude(fused) - target).abs().mean()
+GRAD_TARGETS = ("max", "weighted")
+
+
+def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None,
+                  target: str = "max") -> torch.Tensor:
+    """Texture term: L1 between |grad F| and a target gradient magnitude.
+
+    ``"max"`` (TDFusion's fixed term): ``max(|grad A|, |grad B|)``, so the fused image takes the
+    stronger texture of either source everywhere. ``"weighted"``: ``max(s_a |grad A|, s_b |grad B|)``
+    with ``s = min(1, 2 w)`` from the learned intensity weights ``w`` (N, 2, H, W): the same as
+    ``"max"`` at the neutral start (0.5, 0.5), and where the loss module follows one source
+    (``w_a`` -> 1) the other source's texture fades out of the target, so the learned loss decides
+    texture as well as intensity (an extension of the paper's loss, ours)."""
+    if target not in GRAD_TARGETS:
+        raise ValueError(f"gradient target must be one of {GRAD_TARGETS}, got {target!r}")
+    ga, gb = gradient_magnitude(a), gradient_magnitude(b)
+    if target == "weighted":
+        if weights is None:
+            raise ValueError("the weighted gradient target needs the intensity weights")
+        s = (2.0 * weights).clamp(max=1.0)
+        ga, gb = s[:, :1] * ga, s[:, 1:2] * gb
+    return (gradient_magnitude(fused) - torch.maximum(ga, gb)).abs().mean()
 
 
 def fusion_loss(
@@ -78,15 +98,17 @@ def fusion_loss(
     grad_weight: float = 1.0,
     intensity: str = "l2",
     max_weight: float = 0.0,
+    grad_target: str = "max",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total learnable fusion loss and its parts (``{"int": ..., "grad": ..., "max": ...}``).
 
     ``max_weight``: weight of a fixed l1 term towards the brighter source, ``|F - max(A, B)|``
     (SeAFusion's intensity loss). The learned per-pixel weights choose between the sources; with
     weights near 0.5 the l1 term alone leaves a blend of low contrast, which this term lifts.
+    ``grad_target``: see :func:`gradient_loss`.
     """
     li = intensity_loss(fused, a, b, weights, intensity)
-    lg = gradient_loss(fused, a, b)
+    lg = gradient_loss(fused, a, b, weights, grad_target)
     total = li + grad_weight * lg
     parts = {"int": li, "grad": lg}
     if max_weight:

@@ -76,6 +76,7 @@ def meta_step(
     grad_weight: float = 1.0,
     intensity: str = "l2",
     max_weight: float = 0.0,
+    grad_target: str = "max",
     ignore_index: int = IGNORE_INDEX,
     class_weights: torch.Tensor | None = None,
     create_graph: bool = True,
@@ -111,7 +112,7 @@ def meta_step(
             fused = _f32(fusion(a, b))
         fused = fused.detach().requires_grad_(True)
         w = _f32(loss_net(a, b))
-        lf, _ = fusion_loss(fused, a, b, w, grad_weight, intensity, max_weight)
+        lf, _ = fusion_loss(fused, a, b, w, grad_weight, intensity, max_weight, grad_target)
         (g,) = torch.autograd.grad(lf, fused, create_graph=create_graph)
         scale = g.detach().abs().mean().clamp_min(1e-12)
         fused2 = (fused.detach() - image_step * g / scale).clamp(0.0, 1.0)
@@ -120,7 +121,7 @@ def meta_step(
         with scaffold.autocast(a.device, amp):
             fused = functional_call(fusion, params, (a, b))
             w = loss_net(a, b)
-            lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight, intensity, max_weight)
+            lf, _ = fusion_loss(_f32(fused), a, b, _f32(w), grad_weight, intensity, max_weight, grad_target)
         grads = torch.autograd.grad(lf, list(params.values()), create_graph=create_graph, allow_unused=True)
         updated = {
             k: (p - inner_lr * g) if g is not None else p for (k, p), g in zip(params.items(), grads)
@@ -158,6 +159,7 @@ def fusion_step(
     grad_weight: float = 1.0,
     intensity: str = "l2",
     max_weight: float = 0.0,
+    grad_target: str = "max",
     amp: bool = False,
 ) -> dict[str, float]:
     """(ii) One optimiser step of the fusion net on the learned fusion loss (loss module frozen)."""
@@ -165,7 +167,7 @@ def fusion_step(
         w = _f32(loss_net(a, b))
     with scaffold.autocast(a.device, amp):
         fused = fusion(a, b)
-    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight, intensity, max_weight)
+    lf, parts = fusion_loss(_f32(fused), a, b, w, grad_weight, intensity, max_weight, grad_target)
     opt_fusion.zero_grad(set_to_none=True)
     lf.backward()
     opt_fusion.step()

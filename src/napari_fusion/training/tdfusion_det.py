@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .det_head import centre_targets, crop_origin
+from .losses import GRAD_TARGETS
 
 __all__ = ["DetCropSampler", "train_det_driven", "main"]
 
@@ -87,7 +88,7 @@ def _msrs_pairs(root: Path, runner) -> list[tuple[np.ndarray, np.ndarray, list]]
 
 def train_det_driven(runner, pairs, *, steps: int = 600, meta_start: int = 150, batch: int = 8, crop: int = 96,
                      lr_fusion: float = 5e-4, lr_loss: float = 1e-3, lr_det: float = 2e-3, max_weight: float = 2.0,
-                     image_step: float = 0.05, seed: int = 0, time_budget: float = 0.0,
+                     grad_target: str = "max", image_step: float = 0.05, seed: int = 0, time_budget: float = 0.0,
                      log: Callable[[str], None] = print) -> dict:
     """Train ``runner``'s fusion net and loss module in place with the detector as the task; returns a record."""
     from .det_head import FilterDetector, detection_loss
@@ -118,11 +119,12 @@ def train_det_driven(runner, pairs, *, steps: int = 600, meta_start: int = 150, 
             for p in det.parameters():
                 p.requires_grad_(False)
             rec |= meta_step(fusion, loss_net, None, a, b, None, opts["loss"], mode="image", image_step=image_step,
-                             intensity="l1", max_weight=max_weight,
+                             intensity="l1", max_weight=max_weight, grad_target=grad_target,
                              task_fn=lambda f: detection_loss(*det(f), heat, size, mask))
             for p in det.parameters():
                 p.requires_grad_(True)
-            rec |= fusion_step(fusion, loss_net, a, b, opts["fusion"], intensity="l1", max_weight=max_weight)
+            rec |= fusion_step(fusion, loss_net, a, b, opts["fusion"], intensity="l1", max_weight=max_weight,
+                               grad_target=grad_target)
         history.append(rec)
         if step % 50 == 0 or step == int(steps) - 1:
             recent = history[-50:]
@@ -135,7 +137,7 @@ def train_det_driven(runner, pairs, *, steps: int = 600, meta_start: int = 150, 
         m.eval()
     last = history[-50:]
     return {"steps": len(history), "meta_start": int(meta_start), "batch": int(batch), "crop": int(crop),
-            "lr_fusion": lr_fusion, "lr_loss": lr_loss, "lr_det": lr_det, "max_weight": max_weight, "seed": int(seed),
+            "lr_fusion": lr_fusion, "lr_loss": lr_loss, "lr_det": lr_det, "max_weight": max_weight, "grad_target": grad_target, "seed": int(seed),
             "seconds": round(time.perf_counter() - t0, 1),
             "final": {k: round(float(np.mean([r[k] for r in last if k in r])), 4) for k in last[-1] if k != "step"}}
 
@@ -152,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--lr-fusion", type=float, default=5e-4)
     ap.add_argument("--lr-loss", type=float, default=1e-3)
     ap.add_argument("--max-weight", type=float, default=2.0)
+    ap.add_argument("--grad-target", choices=GRAD_TARGETS, default="max",
+                    help="texture term: max of the sources' gradients (the paper's), or weighted by the learned weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds (0: none)")
     ap.add_argument("--threads", type=int, default=0)
@@ -168,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     runner = load_runner(args.model)
     record = train_det_driven(runner, _msrs_pairs(root, runner), steps=args.steps, meta_start=args.meta_start,
                               batch=args.batch, crop=args.crop, lr_fusion=args.lr_fusion, lr_loss=args.lr_loss,
-                              max_weight=args.max_weight, seed=args.seed, time_budget=args.time_budget)
+                              max_weight=args.max_weight, grad_target=args.grad_target, seed=args.seed, time_budget=args.time_budget)
     runner.meta.setdefault("phases", []).append({"detector_driven": record})
     tensors, meta = runner.to_bundle()
     save_bundle(Path(args.out), tensors, meta)
