@@ -47,10 +47,12 @@ def test_det_crop_sampler_keeps_targets_on_their_objects():
 
 
 @needs_data
-def test_detector_driven_meta_step_reaches_the_loss_module_on_msrs():
+@pytest.mark.parametrize("grad_target", ["max", "weighted"])
+def test_detector_driven_meta_step_reaches_the_loss_module_on_msrs(grad_target):
     """On a real MSRS night pair with its boxes, the meta step with the detector's loss as the task
     gives the loss module a gradient (none when the bi-level graph is cut), and a small step along it
-    lowers that task loss after the inner step (a gradient of noise would not)."""
+    lowers that task loss after the inner step (a gradient of noise would not); with the paper's fixed
+    texture target and with the learned (weighted) one."""
     from napari_fusion.boxes import read_yolo
     from napari_fusion.training.data import read_gray_unit
     from napari_fusion.training.tdfusion import meta_step, new_runner
@@ -75,7 +77,7 @@ def test_detector_driven_meta_step_reaches_the_loss_module_on_msrs():
 
     def step(graph=True):
         return meta_step(r.fusion, r.loss_net, None, a, b, None, None, mode="image", intensity="l1",
-                         create_graph=graph, task_fn=task)
+                         grad_target=grad_target, create_graph=graph, task_fn=task)
 
     assert step(False)["meta_grad_norm"] == 0.0
     tasks = []
