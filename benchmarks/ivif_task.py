@@ -104,27 +104,34 @@ def _model_tag(method: str) -> str:
     return hashlib.sha1((WEIGHTS_DIR / w).read_bytes()).hexdigest()[:10]
 
 
+def fused_cached(root: Path, names: list[str], file: Path, method, device: str) -> dict[str, np.ndarray]:
+    """{name: (1, H, W) float32 unit Y} of each MSRS pair fused by ``napari_fusion.fuse(ir, vi, method)``
+    (``method``: a registered name or a loaded model), kept in ``file`` (8-bit) between runs."""
+    import napari_fusion as nf
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    done = dict(np.load(file)) if file.is_file() else {}
+    t0, n_new = time.perf_counter(), 0
+    for n in names:
+        if n not in done:
+            fused = nf.fuse(str(root / "ir" / n), str(root / "vi" / n), method, device=device)
+            done[n] = np.clip(np.rint(y_unit(fused) * 255), 0, 255).astype(np.uint8)
+            n_new += 1
+    if n_new:
+        np.savez_compressed(file, **done)
+        label = method if isinstance(method, str) else file.stem
+        print_flush(f"fused {n_new} pairs with {label} through napari_fusion.fuse ({time.perf_counter() - t0:.0f} s)")
+    return {n: done[n].astype(np.float32)[None] / 255.0 for n in names}
+
+
 def load_inputs(root: Path, names: list[str], cache: Path, device: str, inputs=INPUTS) -> dict[str, dict[str, np.ndarray]]:
     """{name: {input: (C, H, W) float32 unit}} for every pair; fused ones via the public API (cached)."""
-    import napari_fusion as nf
     from skimage import io as skio
 
     out: dict[str, dict[str, np.ndarray]] = {}
-    cache.mkdir(parents=True, exist_ok=True)
     for method in [m for m in FUSED if m in inputs]:
-        f = cache / f"fused_{method}_{_model_tag(method)}.npz"
-        done = dict(np.load(f)) if f.is_file() else {}
-        t0, n_new = time.perf_counter(), 0
-        for n in names:
-            if n not in done:
-                fused = nf.fuse(str(root / "ir" / n), str(root / "vi" / n), method, device=device)
-                done[n] = np.clip(np.rint(y_unit(fused) * 255), 0, 255).astype(np.uint8)
-                n_new += 1
-        if n_new:
-            np.savez_compressed(f, **done)
-            print_flush(f"fused {n_new} pairs with {method} through napari_fusion.fuse ({time.perf_counter() - t0:.0f} s)")
-        for n in names:
-            out.setdefault(n, {})[method] = done[n].astype(np.float32)[None] / 255.0
+        for n, x in fused_cached(root, names, cache / f"fused_{method}_{_model_tag(method)}.npz", method, device).items():
+            out.setdefault(n, {})[method] = x
     for n in names:
         ir = y_unit(skio.imread(str(root / "ir" / n)))
         vi = y_unit(skio.imread(str(root / "vi" / n)))

@@ -1,0 +1,157 @@
+"""Detector-driven TDFusion: what the detector gains against what the image loses.
+
+Each candidate is a TDFusion model file written by ``python -m napari_fusion.training.tdfusion_det``
+(its command, with the settings that differ, goes in ``LABEL=FILE``'s label). For each one, every
+MSRS pair is fused through ``napari_fusion.fuse`` with the loaded model (the public path); the claim
+benchmark's detector task model (``ivif_task.run_input_det``: same architecture, budget and seeds) is
+trained on the fused train-split images and scored on the 49 test-split pairs; the fusion metrics of
+``napari-fusion evaluate`` are taken on the same test pairs; and the loss module's mean infrared weight
+is read on the test pairs' people, cars and background (box labels). Reference rows: the infrared and
+visible images alone (detector and metrics of the source as its own "fused" image).
+
+    python benchmarks/tdfusion_det_tradeoff.py --threads 1 \\
+        --models "shipped (max term 2.0)=src/napari_fusion/weights/tdfusion_ivif.safetensors" \\
+                 "max term 0=/tmp/tdf_det_mw0.safetensors"
+
+Writes docs/results/tdfusion_det_tradeoff.md (``--no-write``: print only).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, environment, markdown_table, print_flush, write_text
+
+QUALITY = ("EN", "SD", "Qabf", "VIF")
+TRAINING_KEYS = ("steps", "max_weight", "grad_target", "seed", "seconds")
+
+
+def _mean_std(xs: list[float]) -> str:
+    return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}"
+
+
+def detector_runs(root, split, data, inp: str, tag: str, cache: Path, args) -> list[dict]:
+    """The claim benchmark's detector on one input, one run per seed (cached like ``ivif_task``'s)."""
+    import ivif_task as it
+
+    files = {seed: cache / it.run_file("det", inp, tag, seed, args) for seed in args.seeds}
+    todo = [seed for seed, f in files.items() if not f.is_file()]
+    if todo:
+        for r in it.run_input_det(root, split, data, inp, todo, args):
+            files[r["seed"]].write_text(json.dumps(r))
+    return [json.loads(f.read_text()) for f in files.values()]
+
+
+def quality(root, test: list[str], images: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean fusion metrics of ``images`` ((1, H, W) unit Y per pair) against the pair's sources."""
+    from skimage import io as skio
+
+    import ivif_task as it
+    from napari_fusion.metrics import fusion_metrics
+
+    rows = []
+    for n in test:
+        ir = it.y_unit(skio.imread(str(root / "ir" / n))) * 255
+        vi = it.y_unit(skio.imread(str(root / "vi" / n))) * 255
+        rows.append(fusion_metrics(np.rint(images[n][0] * 255), np.rint(ir), np.rint(vi), which=QUALITY))
+    return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY}
+
+
+def weight_means(root, test: list[str], runner) -> dict[str, float]:
+    """The loss module's mean infrared weight on the test pairs' people, cars and background."""
+    from skimage import io as skio
+
+    import ivif_task as it
+    from napari_fusion.training.data import box_labels
+
+    acc: dict[str, list[float]] = {"person": [], "car": [], "background": []}
+    for n in test:
+        ir = it.y_unit(skio.imread(str(root / "ir" / n)))
+        vi = it.y_unit(skio.imread(str(root / "vi" / n)))
+        w = runner.intensity_weights(ir, vi)[0]
+        lab = box_labels(root / "boxes" / "fusion" / (Path(n).stem + ".txt"), ir.shape)
+        for k, v in (("person", 1), ("car", 3), ("background", 0)):
+            if (lab == v).any():
+                acc[k].append(float(w[lab == v].mean()))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", required=True, metavar="LABEL=FILE", help="candidate TDFusion model files")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--det-steps", type=int, default=1500)
+    ap.add_argument("--det-crop", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-fusion-bench" / "ivif_task"))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import ivif_task as it
+    import napari_fusion as nf
+
+    models = []
+    for spec in args.models:
+        label, sep, file = spec.rpartition("=")
+        if not sep or not label or not Path(file).is_file():
+            raise SystemExit(f"--models {spec!r}: give LABEL=FILE with an existing model file")
+        models.append((label, Path(file)))
+    t0 = time.perf_counter()
+    root, cache = it.msrs_root(), Path(args.cache)
+    split = it.split_names(root)
+    names = split["train"] + split["test"]
+    sources = it.load_inputs(root, names, cache, args.device, inputs=("ir", "vi"))
+    rows, trained = [], {}
+    for inp in ("ir", "vi"):
+        runs = detector_runs(root, split, sources, inp, "source", cache, args)
+        q = quality(root, split["test"], {n: sources[n][inp] for n in split["test"]})
+        rows.append((f"{inp} alone", runs, q, None))
+    for label, file in models:
+        tag = hashlib.sha1(file.read_bytes()).hexdigest()[:10]
+        runner = nf.load_model(file, device=args.device)
+        fused = it.fused_cached(root, names, cache / f"fused_tdfusion_{tag}.npz", runner, args.device)
+        data = {n: {"tdfusion": fused[n]} for n in names}
+        runs = detector_runs(root, split, data, "tdfusion", tag, cache, args)
+        phases = [p["detector_driven"] for p in runner.meta.get("phases", []) if "detector_driven" in p]
+        trained[label] = " then ".join(", ".join(f"{k} {p[k]}" for k in TRAINING_KEYS if k in p) for p in phases) \
+            or "no detector-driven phase"
+        rows.append((label, runs, quality(root, split["test"], fused), weight_means(root, split["test"], runner)))
+        print_flush(f"{label}: mAP@0.5 {np.mean([r['all']['map50'] for r in runs]):.3f} ({time.perf_counter() - t0:.0f} s)")
+    table = []
+    for label, runs, q, w in rows:
+        m = lambda part, k="map50": _mean_std([r[part][k] for r in runs])  # noqa: E731
+        table.append([label, m("all"), m("night"), m("day"), m("all", "ap_person"), m("all", "ap_car")]
+                     + [f"{q[k]:.3f}" for k in QUALITY]
+                     + ([f"{w['person']:.2f} / {w['car']:.2f} / {w['background']:.2f}"] if w else ["—"]))
+    text = (
+        "# Detector-driven TDFusion: the detector's gain against the image's quality\n\n"
+        f"Measured {environment(args.device)}; `python benchmarks/tdfusion_det_tradeoff.py --seeds "
+        f"{' '.join(map(str, args.seeds))} --det-steps {args.det_steps} --det-crop {args.det_crop} --models ...` "
+        f"({time.perf_counter() - t0:.0f} s with the cache).\n\n"
+        "Each row's image (every MSRS pair fused through `napari_fusion.fuse` with that model file) trains the "
+        f"claim benchmark's detector ({args.det_steps} steps, seeds {', '.join(map(str, args.seeds))}; "
+        "[ivif_task_detector.md](ivif_task_detector.md)), scored on the 49 test-split pairs: mAP@0.5 mean ± std over "
+        "seeds. Fusion metrics (as `napari-fusion evaluate`) on the same test pairs; the quality bar of the task issue "
+        "is EN ≥ 6.6 and SD ≥ 40. Last column: the loss module's mean infrared weight on people / cars / background "
+        "of the test pairs (0.5: neutral).\n\n"
+        + markdown_table(["image", "mAP@0.5", "night", "day", "AP person", "AP car", *QUALITY, "w_IR people / cars / bg"],
+                         table)
+        + "\n\nModel files (their detector-driven training phases, from the files' metadata):\n\n"
+        + "".join(f"- {label}: `{file.name}` ({trained[label]})\n" for label, file in models)
+    )
+    print_flush(text)
+    if not args.no_write:
+        write_text(RESULTS / "tdfusion_det_tradeoff.md", text)
+
+
+if __name__ == "__main__":
+    main()
