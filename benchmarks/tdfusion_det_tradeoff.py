@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, environment, markdown_table, print_flush, write_text
+from _common import REPO, RESULTS, environment, markdown_table, print_flush, write_text
 
 QUALITY = ("EN", "SD", "Qabf", "VIF")
 TRAINING_KEYS = ("steps", "max_weight", "grad_target", "seed", "seconds")
+FIGURE = REPO / "docs" / "images" / "tdfusion_det_tradeoff.png"
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -82,6 +83,23 @@ def weight_means(root, test: list[str], runner) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
+def figure(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> None:
+    """One row per pair: its images side by side (half size), white gaps; written atomically."""
+    from skimage import io as skio
+
+    from napari_fusion.io.atomic import atomic_path
+
+    lines = []
+    for _, images in rows:
+        gap = np.ones((images[0].shape[0], 8), np.float32)
+        lines.append(np.concatenate([x for im in images for x in (np.clip(im, 0, 1), gap)][:-1], axis=1)[::2, ::2])
+    sep = np.ones((6, lines[0].shape[1]), np.float32)
+    mosaic = np.concatenate([x for r in lines for x in (r, sep)][:-1], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        skio.imsave(str(tmp), (mosaic * 255).round().astype(np.uint8), check_contrast=False, extension=".png")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True, metavar="LABEL=FILE", help="candidate TDFusion model files")
@@ -92,6 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-fusion-bench" / "ivif_task"))
+    ap.add_argument("--figure-pairs", nargs="*", default=None, help="test pairs of the figure (default: first night and day)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -110,7 +129,7 @@ def main(argv=None) -> None:
     split = it.split_names(root)
     names = split["train"] + split["test"]
     sources = it.load_inputs(root, names, cache, args.device, inputs=("ir", "vi"))
-    rows, trained = [], {}
+    rows, trained, shown = [], {}, {}
     for inp in ("ir", "vi"):
         runs = detector_runs(root, split, sources, inp, "source", cache, args)
         q = quality(root, split["test"], {n: sources[n][inp] for n in split["test"]})
@@ -120,6 +139,7 @@ def main(argv=None) -> None:
         runner = nf.load_model(file, device=args.device)
         fused = it.fused_cached(root, names, cache / f"fused_tdfusion_{tag}.npz", runner, args.device)
         data = {n: {"tdfusion": fused[n]} for n in names}
+        shown[label] = fused
         runs = detector_runs(root, split, data, "tdfusion", tag, cache, args)
         phases = [p["detector_driven"] for p in runner.meta.get("phases", []) if "detector_driven" in p]
         trained[label] = " then ".join(", ".join(f"{k} {p[k]}" for k in TRAINING_KEYS if k in p) for p in phases) \
@@ -150,7 +170,13 @@ def main(argv=None) -> None:
     )
     print_flush(text)
     if not args.no_write:
-        write_text(RESULTS / "tdfusion_det_tradeoff.md", text)
+        test = split["test"]
+        picks = args.figure_pairs or [next(n for n in test if Path(n).stem.endswith("N")),
+                                      next(n for n in test if not Path(n).stem.endswith("N"))]
+        figure([(n, [sources[n]["ir"][0], sources[n]["vi"][0]] + [shown[label][n][0] for label, _ in models]) for n in picks],
+               FIGURE)
+        write_text(RESULTS / "tdfusion_det_tradeoff.md", text.rstrip("\n") + "\n\n"
+                   + f"![infrared, visible, then each model's fused image, pairs {', '.join(picks)}](../images/{FIGURE.name})\n")
 
 
 if __name__ == "__main__":
