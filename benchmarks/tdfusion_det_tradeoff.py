@@ -165,7 +165,11 @@ def main(argv=None) -> None:
         "of the test pairs (0.5: neutral).\n\n"
         + markdown_table(["image", "mAP@0.5", "night", "day", "AP person", "AP car", *QUALITY, "w_IR people / cars / bg"],
                          table)
-        + "\n\nModel files (their detector-driven training phases, from the files' metadata):\n\n"
+        + "\n\nModel files (their detector-driven training phases, from the files' metadata); each trained on the CPU "
+        "from the shipped file by `python -m napari_fusion.training.tdfusion_det --model "
+        "src/napari_fusion/weights/tdfusion_ivif.safetensors --out FILE --steps 600 --threads 1 --max-weight M` "
+        "(plus `--grad-target weighted` where named; the +1050-steps file from the max-term-0 file with "
+        "`--steps 1050 --seed 1`):\n\n"
         + "".join(f"- {label}: `{file.name}` ({trained[label]})\n" for label, file in models)
     )
     print_flush(text)

@@ -19,6 +19,12 @@ net and loss module; its segmenter is kept as it is (retrain it with ``training.
 
     python -m napari_fusion.training.tdfusion_det --model tdfusion_ivif.safetensors --out tdfusion_det.safetensors \\
         --steps 600 --time-budget 1800 --threads 1
+
+What it learns (docs/results/tdfusion_det_tradeoff.md): with ``--max-weight`` 0 to 1 the loss module
+leans to the infrared and the fused image becomes the infrared's (the detector then matches the
+infrared alone; EN/SD fall to the infrared's); with 1.5 to 2 the fused image follows max(A, B) and
+the detector falls back to the shipped model's level. ``--grad-target weighted`` lets the learned
+weights set the texture target too (:func:`~napari_fusion.training.losses.gradient_loss`).
 """
 from __future__ import annotations
 
