@@ -159,7 +159,7 @@ def main(argv=None) -> None:
         f"({time.perf_counter() - t0:.0f} s with the cache).\n\n"
         "Each row's image (every MSRS pair fused through `napari_fusion.fuse` with that model file) trains the "
         f"claim benchmark's detector ({args.det_steps} steps, seeds {', '.join(map(str, args.seeds))}; "
-        "[ivif_task_detector.md](ivif_task_detector.md)), scored on the 49 test-split pairs: mAP@0.5 mean ± std over "
+        "[ivif_task.md](ivif_task.md)), scored on the 49 test-split pairs: mAP@0.5 mean ± std over "
         "seeds. Fusion metrics (as `napari-fusion evaluate`) on the same test pairs; the quality bar of the task issue "
         "is EN ≥ 6.6 and SD ≥ 40. Last column: the loss module's mean infrared weight on people / cars / background "
         "of the test pairs (0.5: neutral).\n\n"
