@@ -365,6 +365,24 @@ def run_input_det(root, split, data, inp: str, seeds, args) -> list[dict]:
     return out
 
 
+def cached_runs(model: str, root, split, data, inp: str, tag: str, cache: Path, args,
+                compute: bool = True) -> tuple[list[dict], list[int]]:
+    """One task model's runs on one input, one per seed of ``args.seeds``, from their cache files
+    (``run_file``); the missing ones are run and cached first (``compute=False``: only listed).
+    Returns (runs in seed order, seeds still missing)."""
+    files = {seed: cache / run_file(model, inp, tag, seed, args) for seed in args.seeds}
+    todo = [seed for seed, f in files.items() if not f.is_file()]
+    if todo and compute:
+        if model in ("forest", "det"):
+            new = (run_input_forest if model == "forest" else run_input_det)(root, split, data, inp, todo, args)
+        else:
+            new = [run_input(root, split, data, inp, seed, args) for seed in todo]
+        for r in new:
+            files[r["seed"]].write_text(json.dumps(r))
+    return ([json.loads(f.read_text()) for f in files.values() if f.is_file()],
+            [seed for seed, f in files.items() if not f.is_file()])
+
+
 def shipped(root, split, args) -> list[dict]:
     """The shipped task models end to end through ``napari_fusion.detect`` (fuse + segment + boxes)."""
     import napari_fusion as nf
@@ -390,7 +408,7 @@ def shipped(root, split, args) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- tables
-def _mean_sd(vals: list[float]) -> str:
+def mean_sd(vals: list[float]) -> str:
     v = [x for x in vals if x is not None and not math.isnan(x)]
     if not v:
         return "–"
@@ -403,7 +421,7 @@ def tables(runs: list[dict], ship: list[dict], args) -> str:
         rows = []
         for inp in [i for i in INPUTS if any(r["input"] == i for r in runs)]:
             rs = [r for r in runs if r["input"] == inp]
-            rows.append([inp, len(rs)] + [_mean_sd([r[part].get(k, float("nan")) for r in rs]) for k in
+            rows.append([inp, len(rs)] + [mean_sd([r[part].get(k, float("nan")) for r in rs]) for k in
                         ("map50", "ap_person", "ap_bicycle", "ap_car", "iou_mean", "iou_person", "iou_car")])
         lines.append(f"### {part} test pairs\n")
         lines.append(markdown_table(["input", "seeds", "mAP@0.5", "AP person", "AP bicycle", "AP car", "IoU mean", "IoU person", "IoU car"], rows))
@@ -475,21 +493,11 @@ def main(argv=None) -> None:
             runs[model] = []
             for inp in args.inputs:
                 tag = _model_tag(inp) if inp in FUSED else "source"
-                files = {seed: cache / run_file(model, inp, tag, seed, args) for seed in args.seeds}
-                todo = [seed for seed, f in files.items() if not f.is_file()]
-                if model in cached_only:
-                    missing += [f"{model} {inp} seed {seed}" for seed in todo]
-                elif todo and model in ("forest", "det"):
-                    for r in (run_input_forest if model == "forest" else run_input_det)(root, split, data, inp, todo, args):
-                        files[r["seed"]].write_text(json.dumps(r))
-                for seed, f in files.items():
-                    if not f.is_file():
-                        if model in cached_only:
-                            continue
-                        f.write_text(json.dumps(run_input(root, split, data, inp, seed, args)))
-                    r = json.loads(f.read_text())
+                done, todo = cached_runs(model, root, split, data, inp, tag, cache, args, compute=model not in cached_only)
+                missing += [f"{model} {inp} seed {seed}" for seed in todo]
+                for r in done:
                     runs[model].append(r)
-                    print_flush(f"{model} {inp} seed {seed}: mAP@0.5 {r['all']['map50']:.3f} (night {r['night']['map50']:.3f}, "
+                    print_flush(f"{model} {inp} seed {r['seed']}: mAP@0.5 {r['all']['map50']:.3f} (night {r['night']['map50']:.3f}, "
                                 f"day {r['day']['map50']:.3f}), IoU {r['all']['iou_mean']:.3f} ({r['train_seconds']} s)")
     ship = shipped(root, split, args) if "shipped" in args.parts else []
     sections = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -33,48 +32,25 @@ TRAINING_KEYS = ("steps", "max_weight", "grad_target", "seed", "seconds")
 FIGURE = REPO / "docs" / "images" / "tdfusion_det_tradeoff.png"
 
 
-def _mean_std(xs: list[float]) -> str:
-    return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}"
-
-
-def detector_runs(root, split, data, inp: str, tag: str, cache: Path, args) -> list[dict]:
-    """The claim benchmark's detector on one input, one run per seed (cached like ``ivif_task``'s)."""
-    import ivif_task as it
-
-    files = {seed: cache / it.run_file("det", inp, tag, seed, args) for seed in args.seeds}
-    todo = [seed for seed, f in files.items() if not f.is_file()]
-    if todo:
-        for r in it.run_input_det(root, split, data, inp, todo, args):
-            files[r["seed"]].write_text(json.dumps(r))
-    return [json.loads(f.read_text()) for f in files.values()]
-
-
-def quality(root, test: list[str], images: dict[str, np.ndarray]) -> dict[str, float]:
-    """Mean fusion metrics of ``images`` ((1, H, W) unit Y per pair) against the pair's sources."""
-    from skimage import io as skio
-
-    import ivif_task as it
+def quality(sources: dict, test: list[str], images: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean fusion metrics of ``images`` ((1, H, W) unit Y per pair) against the pair's sources
+    (``ivif_task.load_inputs``'s ``ir`` and ``vi``)."""
     from napari_fusion.metrics import fusion_metrics
 
     rows = []
     for n in test:
-        ir = it.y_unit(skio.imread(str(root / "ir" / n))) * 255
-        vi = it.y_unit(skio.imread(str(root / "vi" / n))) * 255
-        rows.append(fusion_metrics(np.rint(images[n][0] * 255), np.rint(ir), np.rint(vi), which=QUALITY))
+        ir, vi = (np.rint(sources[n][k][0] * 255) for k in ("ir", "vi"))
+        rows.append(fusion_metrics(np.rint(images[n][0] * 255), ir, vi, which=QUALITY))
     return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY}
 
 
-def weight_means(root, test: list[str], runner) -> dict[str, float]:
+def weight_means(root, sources: dict, test: list[str], runner) -> dict[str, float]:
     """The loss module's mean infrared weight on the test pairs' people, cars and background."""
-    from skimage import io as skio
-
-    import ivif_task as it
     from napari_fusion.training.data import box_labels
 
     acc: dict[str, list[float]] = {"person": [], "car": [], "background": []}
     for n in test:
-        ir = it.y_unit(skio.imread(str(root / "ir" / n)))
-        vi = it.y_unit(skio.imread(str(root / "vi" / n)))
+        ir, vi = sources[n]["ir"][0], sources[n]["vi"][0]
         w = runner.intensity_weights(ir, vi)[0]
         lab = box_labels(root / "boxes" / "fusion" / (Path(n).stem + ".txt"), ir.shape)
         for k, v in (("person", 1), ("car", 3), ("background", 0)):
@@ -131,8 +107,8 @@ def main(argv=None) -> None:
     sources = it.load_inputs(root, names, cache, args.device, inputs=("ir", "vi"))
     rows, trained, shown = [], {}, {}
     for inp in ("ir", "vi"):
-        runs = detector_runs(root, split, sources, inp, "source", cache, args)
-        q = quality(root, split["test"], {n: sources[n][inp] for n in split["test"]})
+        runs = it.cached_runs("det", root, split, sources, inp, "source", cache, args)[0]
+        q = quality(sources, split["test"], {n: sources[n][inp] for n in split["test"]})
         rows.append((f"{inp} alone", runs, q, None))
     for label, file in models:
         tag = hashlib.sha1(file.read_bytes()).hexdigest()[:10]
@@ -140,15 +116,15 @@ def main(argv=None) -> None:
         fused = it.fused_cached(root, names, cache / f"fused_tdfusion_{tag}.npz", runner, args.device)
         data = {n: {"tdfusion": fused[n]} for n in names}
         shown[label] = fused
-        runs = detector_runs(root, split, data, "tdfusion", tag, cache, args)
+        runs = it.cached_runs("det", root, split, data, "tdfusion", tag, cache, args)[0]
         phases = [p["detector_driven"] for p in runner.meta.get("phases", []) if "detector_driven" in p]
         trained[label] = " then ".join(", ".join(f"{k} {p[k]}" for k in TRAINING_KEYS if k in p) for p in phases) \
             or "no detector-driven phase"
-        rows.append((label, runs, quality(root, split["test"], fused), weight_means(root, split["test"], runner)))
+        rows.append((label, runs, quality(sources, split["test"], fused), weight_means(root, sources, split["test"], runner)))
         print_flush(f"{label}: mAP@0.5 {np.mean([r['all']['map50'] for r in runs]):.3f} ({time.perf_counter() - t0:.0f} s)")
     table = []
     for label, runs, q, w in rows:
-        m = lambda part, k="map50": _mean_std([r[part][k] for r in runs])  # noqa: E731
+        m = lambda part, k="map50": it.mean_sd([r[part][k] for r in runs])  # noqa: E731
         table.append([label, m("all"), m("night"), m("day"), m("all", "ap_person"), m("all", "ap_car")]
                      + [f"{q[k]:.3f}" for k in QUALITY]
                      + ([f"{w['person']:.2f} / {w['car']:.2f} / {w['background']:.2f}"] if w else ["—"]))
