@@ -377,6 +377,7 @@ def cached_runs(model: str, root, split, data, inp: str, tag: str, cache: Path, 
             new = (run_input_forest if model == "forest" else run_input_det)(root, split, data, inp, todo, args)
         else:
             new = [run_input(root, split, data, inp, seed, args) for seed in todo]
+        cache.mkdir(parents=True, exist_ok=True)
         for r in new:
             files[r["seed"]].write_text(json.dumps(r))
     return ([json.loads(f.read_text()) for f in files.values() if f.is_file()],
